@@ -1,0 +1,43 @@
+"""Behaviour metrics of a batch of rollouts: accuracy, format, tool use (overall and by need)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from metis.agent.trajectory import Trajectory
+from metis.rl.types import AdvantageResult, RolloutScores
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def rollout_metrics(trajs: Sequence[Trajectory], scores: RolloutScores,
+                    result: AdvantageResult | None) -> dict[str, float]:
+    """Per-step numbers logged in training and evaluation.
+
+    ``unnecessary_tool_rate`` is the tool-call rate on tasks that do not need a tool and
+    ``necessary_tool_rate`` on those that do (only where ``Task.needs_tool`` is known).
+    """
+    correct = [float(x > 0) for x in scores.r_ans.tolist()]
+    used = [float(t.num_tool_calls > 0) for t in trajs]
+    out = {
+        "accuracy": _mean(scores.r_ans.tolist()),
+        "format_rate": _mean(scores.r_fmt.tolist()),
+        "tool_call_rate": _mean(used),
+        "mean_tool_calls": _mean([t.num_tool_calls for t in trajs]),
+        "tool_error_rate": _mean([t.tool_errors / t.num_tool_calls for t in trajs if t.num_tool_calls]) if any(used) else 0.0,
+        "truncated_rate": _mean([float(t.truncated) for t in trajs]),
+        "answered_rate": _mean([float(t.final_answer is not None) for t in trajs]),
+        "mean_turns": _mean([t.num_turns for t in trajs]),
+        "response_length": _mean([sum(t.response_mask) for t in trajs]),
+        "response_length_max": float(max(sum(t.response_mask) for t in trajs)),
+    }
+    for name, need in (("needed", True), ("unneeded", False)):
+        rows = [i for i, t in enumerate(trajs) if t.task.needs_tool is need]
+        if rows:
+            out[f"accuracy_tool_{name}"] = _mean([correct[i] for i in rows])
+            out[f"{'necessary' if need else 'unnecessary'}_tool_rate"] = _mean([used[i] for i in rows])
+    if result is not None:
+        out.update({k: float(v) for k, v in result.metrics.items()})
+    return out

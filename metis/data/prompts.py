@@ -1,0 +1,71 @@
+"""The LightningDataModule that serves RL prompts and holds the online rollout buffer."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from metis.data.rollout_buffer import RolloutBuffer
+from metis.data.task import Task
+
+
+class TaskDataset(Dataset):
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            raise ValueError("the prompt set is empty")
+        self.tasks = list(tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+
+def _as_list(batch: list[Task]) -> list[Task]:
+    return batch
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Serves batches of :class:`Task` (``prompts_per_step`` per RL step) and owns the buffer.
+
+    ``source`` is a callable returning ``{"train": [...], "val": [...]}`` (Hydra builds it with
+    ``_partial_``), so synthetic, converted and curated prompt sets plug in the same way.
+    ``processor`` is accepted for a uniform DataModule signature; prompts are encoded by the agent.
+    """
+
+    def __init__(self, source: Callable[[], dict[str, list[Task]]], prompts_per_step: int = 2,
+                 val_prompts: int | None = None, seed: int = 0, num_workers: int = 0, processor=None) -> None:
+        super().__init__()
+        if prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step must be >= 1, got {prompts_per_step}")
+        self.source, self.prompts_per_step, self.seed = source, prompts_per_step, seed
+        self.val_prompts, self.num_workers = val_prompts, num_workers
+        self.splits: dict[str, list[Task]] = {}
+        self.buffer = RolloutBuffer(seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.source()
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TaskDataset(self.splits["train"]), batch_size=self.prompts_per_step, shuffle=True,
+                          generator=gen, collate_fn=_as_list, num_workers=self.num_workers, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        val = self.splits.get("val") or []
+        if self.val_prompts is not None:
+            val = val[: self.val_prompts]
+        if not val:
+            return []
+        return DataLoader(TaskDataset(val), batch_size=max(len(val), 1), collate_fn=_as_list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])

@@ -1,0 +1,185 @@
+"""The RL LightningModule: rollouts with the current policy, scores, advantages, PPO updates.
+
+The module composes parts and holds no formula: rewards, advantages and the policy loss come
+from :mod:`metis.rl` (the scheme and objective are picked by Hydra), rollouts from
+:mod:`metis.agent`, tools from :mod:`metis.tools`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from metis.agent.batching import response_tensors
+from metis.agent.logprobs import response_logprobs
+from metis.agent.loop import AgentLoop, RolloutConfig
+from metis.agent.trajectory import Trajectory
+from metis.data.task import Task
+from metis.agent.metrics import rollout_metrics
+from metis.rl.rewards import format_reward
+from metis.rl.types import RolloutScores
+from metis.rl.verifiers import VERIFIERS
+
+log = logging.getLogger(__name__)
+
+
+class HDPOModule(L.LightningModule):
+    """Online RL over multi-turn tool rollouts with any registered reward scheme.
+
+    Args:
+        group_size: rollouts per prompt (G).
+        minibatch_size: rollouts per PPO update (``None``: the whole step is one update).
+        ppo_epochs: passes over the step's rollouts (paper: 1).
+        val_group_size: greedy rollouts per validation prompt.
+        rollout_log_dir: where each step's trajectories are appended as JSON lines (None: off).
+    """
+
+    def __init__(self, model, processor, engine, toolbox, scheme, objective, rollout: RolloutConfig,
+                 group_size: int = 4, minibatch_size: int | None = None, ppo_epochs: int = 1,
+                 micro_batch_size: int = 16, lr: float = 1e-6, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), grad_clip: float = 1.0, warmup_steps: int = 0,
+                 rollout_log_dir: str | None = None, val_group_size: int = 1) -> None:
+        super().__init__()
+        if group_size < 1 or ppo_epochs < 1:
+            raise ValueError("module.group_size and module.ppo_epochs must be >= 1")
+        self.model, self.processor = model, processor
+        self.engine, self.toolbox, self.scheme, self.objective = engine, toolbox, scheme, objective
+        self.engine.bind(model, processor)
+        self.agent = AgentLoop(engine, toolbox, processor, rollout)
+        self.group_size, self.minibatch_size, self.ppo_epochs = group_size, minibatch_size, ppo_epochs
+        self.micro_batch_size = micro_batch_size
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.grad_clip, self.warmup_steps, self.val_group_size = grad_clip, warmup_steps, val_group_size
+        self.rollout_log_dir = Path(rollout_log_dir) if rollout_log_dir else None
+        self.pad_id = processor.tokenizer.pad_token_id or 0
+        if objective.kl_coef > 0:
+            raise ValueError("loss.kl_coef > 0 needs a reference policy; this module has none yet "
+                             "(the paper uses no KL term: keep loss.kl_coef=0)")
+        self.automatic_optimization = False
+        self.rl_step = 0
+        self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective"])
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        warmup = max(self.warmup_steps, 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- scoring -----------------------------------------------------------------------------
+    @staticmethod
+    def score(trajs: list[Trajectory]) -> RolloutScores:
+        r_ans = [VERIFIERS.get(t.task.verifier)(t.final_answer, t.task.answer) for t in trajs]
+        return RolloutScores(
+            r_ans=torch.tensor(r_ans, dtype=torch.float32),
+            r_fmt=torch.tensor([format_reward(t.response_text) for t in trajs], dtype=torch.float32),
+            num_tool_calls=torch.tensor([t.num_tool_calls for t in trajs], dtype=torch.long),
+            group_ids=torch.tensor([t.group_id for t in trajs], dtype=torch.long),
+        )
+
+    def _logprobs(self, trajs: list[Trajectory], with_entropy: bool = False):
+        """Log-probs in micro-batches, right-padded to the longest response of ``trajs``."""
+        width = max(len(t.response_ids) for t in trajs)
+        chunks, ents = [], []
+        for start in range(0, len(trajs), self.micro_batch_size):
+            lp, ent = response_logprobs(self.model, trajs[start:start + self.micro_batch_size], self.pad_id,
+                                        with_entropy)
+            chunks.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
+            if ent is not None:
+                ents.append(torch.nn.functional.pad(ent, (0, width - ent.shape[1])))
+        return torch.cat(chunks), (torch.cat(ents) if ents else None)
+
+    # ---- the RL step -------------------------------------------------------------------------
+    def training_step(self, batch: list[Task], batch_idx: int) -> None:
+        t0 = time.perf_counter()
+        trajs = self.agent.run(batch, n=self.group_size, group_offset=self.rl_step * len(batch))
+        t_rollout = time.perf_counter() - t0
+        scores = self.score(trajs)
+        result = self.scheme.compute(scores)
+        _, mask = response_tensors(trajs)
+        mask = mask.to(self.device)
+        with torch.no_grad():
+            old_logprobs, _ = self._logprobs(trajs)
+        buffer = self.trainer.datamodule.buffer if self.trainer.datamodule is not None else None
+        if buffer is not None:
+            buffer.fill(trajs, old_logprobs=old_logprobs.cpu(), mask=mask.cpu())
+        t1 = time.perf_counter()
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        size = self.minibatch_size or len(trajs)
+        loss_metrics: list[dict[str, float]] = []
+        for _ in range(self.ppo_epochs):
+            order = buffer.minibatches(size) if buffer is not None else [list(range(len(trajs)))]
+            for idx in order:
+                sub = [trajs[i] for i in idx]
+                rows = torch.tensor(idx, dtype=torch.long)
+                logp, entropy = self._logprobs(sub, with_entropy=self.objective.entropy_coef > 0)
+                sub_width = logp.shape[1]
+                loss, metrics = self.objective(
+                    logp, old_logprobs[rows, :sub_width].to(self.device), mask[rows, :sub_width], result,
+                    rollout_index=rows, entropy=entropy,
+                )
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                opt.step()
+                sched.step()
+                metrics = {k: float(v) for k, v in metrics.items()}
+                metrics["grad_norm"] = float(grad_norm)
+                loss_metrics.append(metrics)
+        if buffer is not None:
+            buffer.clear()
+        t_update = time.perf_counter() - t1
+        self.rl_step += 1
+        out = rollout_metrics(trajs, scores, result)
+        for key in loss_metrics[0]:
+            out[key] = sum(m[key] for m in loss_metrics) / len(loss_metrics)
+        out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),
+                    "lr": sched.get_last_lr()[0]})
+        out.update({f"tools/{k}": float(v) for k, v in self.toolbox.metrics().items()})
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, batch_size=len(trajs))
+        self.log("accuracy", out["accuracy"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
+        self.log("tool_rate", out["tool_call_rate"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
+        self._save_rollouts(trajs, scores, result, "train")
+
+    # ---- validation --------------------------------------------------------------------------
+    def validation_step(self, batch: list[Task], batch_idx: int) -> None:
+        trajs = self.agent.run(batch, n=self.val_group_size, greedy=True)
+        scores = self.score(trajs)
+        metrics = rollout_metrics(trajs, scores, None)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=len(trajs))
+        self._save_rollouts(trajs, scores, None, "val")
+
+    def _save_rollouts(self, trajs, scores: RolloutScores, result, split: str) -> None:
+        if self.rollout_log_dir is None or self.trainer.global_rank != 0:
+            return
+        self.rollout_log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.rollout_log_dir / f"{split}.jsonl", "a") as fh:
+            for i, t in enumerate(trajs):
+                rec = t.summary() | {"rl_step": self.rl_step, "r_ans": float(scores.r_ans[i]),
+                                     "r_fmt": float(scores.r_fmt[i])}
+                if result is not None:
+                    rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
+                fh.write(json.dumps(rec, default=str) + "\n")
+
+    # ---- state -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["metis"] = {"rl_step": self.rl_step, "scheme": self.scheme.describe()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.rl_step = checkpoint.get("metis", {}).get("rl_step", 0)
+
+    def export_pretrained(self, path: Path) -> None:
+        """Save the policy as a Hugging Face directory (usable as ``model.init_from``)."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    def teardown(self, stage: str) -> None:
+        self.toolbox.close()

@@ -1,0 +1,48 @@
+"""Pure reward, advantage and loss code (torch + stdlib; math_verify and httpx for verifiers).
+
+Never imports models, agent, tools or Lightning. Every formula of REFERENCE.md lives here once.
+"""
+
+from metis.rl.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    grpo_advantages,
+    hdpo_advantages,
+    validate_estimator_params,
+)
+from metis.rl.judge import JUDGE_PROMPT, JUDGE_PROMPT_VERSION, JudgeUnavailable, LLMJudge, parse_verdict
+from metis.rl.losses import AGGREGATIONS, POLICY_LOSSES, clipped_policy_loss, kl_k3, masked_aggregate
+from metis.rl.rewards import TOOL_REWARD_SHAPES, accuracy_reward, extract_answer, format_reward, tool_reward
+from metis.rl.scheme import PolicyObjective, RewardScheme
+from metis.rl.types import AdvantageChannel, AdvantageResult, RolloutScores
+from metis.rl.verifiers import VERIFIERS, extract_choices, normalize_text, parse_number
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATIONS",
+    "AdvantageChannel",
+    "AdvantageResult",
+    "JUDGE_PROMPT",
+    "JUDGE_PROMPT_VERSION",
+    "JudgeUnavailable",
+    "LLMJudge",
+    "POLICY_LOSSES",
+    "PolicyObjective",
+    "RewardScheme",
+    "RolloutScores",
+    "TOOL_REWARD_SHAPES",
+    "VERIFIERS",
+    "accuracy_reward",
+    "clipped_policy_loss",
+    "extract_answer",
+    "extract_choices",
+    "format_reward",
+    "grpo_advantages",
+    "hdpo_advantages",
+    "kl_k3",
+    "masked_aggregate",
+    "normalize_text",
+    "parse_number",
+    "parse_verdict",
+    "tool_reward",
+    "validate_estimator_params",
+]

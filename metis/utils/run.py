@@ -1,0 +1,80 @@
+"""What every entry point does around ``trainer.fit``: seeding, resume, W&B config, the summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from metis.utils.validate import validate_config
+
+log = logging.getLogger("metis")
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    output_dir: Path
+    ckpt_path: str | None
+    trainer: Any = None
+    module: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def attach(self, trainer, module) -> None:
+        self.trainer, self.module = trainer, module
+        for lg in trainer.loggers:
+            lg.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+
+
+def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path != "last":
+        return ckpt_path
+    candidates = sorted(output_dir.glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        log.warning("ckpt_path=last but %s/checkpoints holds no last.ckpt: starting fresh", output_dir)
+        return None
+    return str(candidates[-1])
+
+
+def prepare_run(cfg: DictConfig) -> Run:
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return Run(cfg=cfg, output_dir=output_dir, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), output_dir))
+
+
+def finish_run(run: Run, trainer, module) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.global_rank != 0:
+        return metrics
+    export = run.output_dir / "hf"
+    if hasattr(module, "export_pretrained"):
+        module.export_pretrained(export)
+    lines = ["", "Metis run finished", f"  output dir : {run.output_dir.resolve()}"]
+    for cb in trainer.checkpoint_callbacks:
+        if cb.last_model_path or cb.best_model_path:
+            lines.append(f"  checkpoint : {Path(cb.last_model_path or cb.best_model_path).resolve()}")
+    if export.exists():
+        lines.append(f"  HF export  : {export.resolve()} (use as model.init_from)")
+    for lg in trainer.loggers:
+        exp = getattr(lg, "experiment", None)
+        run_dir = getattr(exp, "dir", None)
+        if run_dir:
+            lines.append(f"  W&B run    : {Path(run_dir).parent.resolve()} (mode: {os.environ.get('WANDB_MODE', 'offline' if getattr(lg, '_offline', False) else 'online')})")
+            exp.finish()
+        elif getattr(lg, "log_dir", None):
+            lines.append(f"  logs       : {Path(lg.log_dir).resolve()}")
+    shown = {k: v for k, v in metrics.items() if k.split("/")[-1] in (
+        "accuracy", "tool_call_rate", "rho_Q", "format_rate", "mean_tool_calls")}
+    lines += [f"  {k:<24}: {v:.4f}" for k, v in sorted(shown.items())]
+    print("\n".join(lines), flush=True)
+    return metrics

@@ -1,0 +1,57 @@
+"""Every experiment file composes with the real configs; the 8B one without a GPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(experiment, tmp_path):
+    cfg = compose_cfg(f"experiment={experiment}", f"hydra.run.dir={tmp_path}")
+    cfg.paths.output_dir = str(tmp_path)  # hydra:runtime is only set inside a real run
+    OmegaConf.resolve(cfg)
+    assert cfg.experiment_name == experiment
+    for key in ("model", "module", "data", "trainer"):
+        assert "_target_" in cfg[key], f"{experiment}: {key} has no _target_"
+
+
+def test_bare_default_is_hdpo_tiny():
+    cfg = compose_cfg()
+    assert cfg.experiment_name == "hdpo_tiny"
+    assert cfg.model.tiny is not None and cfg.trainer.accelerator == "cpu"
+    assert cfg.reward.name == "hdpo" and cfg.reward.w_tool == 0.15
+
+
+def test_hdpo_8b_carries_the_papers_hyperparameters():
+    cfg = compose_cfg("experiment=hdpo_8b")
+    assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct"
+    assert cfg.rollout.n == 16 and cfg.data.prompts_per_step == 128
+    assert cfg.module.minibatch_size == 64 * 16 and cfg.module.lr == 1e-6 and cfg.module.ppo_epochs == 1
+    assert cfg.rollout.engine.temperature == 1.0 and cfg.rollout.engine.top_p == 1.0
+    assert cfg.rollout.loop.max_turns == 10 and cfg.rollout.loop.max_response_tokens == 16384
+    assert cfg.reward.w_acc == 1.0 and cfg.reward.w_tool == 0.15
+    assert cfg.loss.clip_low == 0.2 and cfg.loss.clip_high == 0.2 and cfg.loss.dual_clip == 3.0
+    assert cfg.loss.kl_coef == 0.0 and cfg.loss.entropy_coef == 0.0
+
+
+def test_cli_prints_full_8b_config_without_gpu():
+    out = subprocess.run([sys.executable, "-m", "metis.train", "experiment=hdpo_8b", "--cfg", "job"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and cfg.trainer.accelerator == "gpu"
