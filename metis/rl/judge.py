@@ -1,0 +1,223 @@
+"""LLM-as-judge answer checking (the paper scores answers with an LLM judge: CORRECT/INCORRECT).
+
+Talks to any OpenAI-compatible chat-completions server (OpenAI, vLLM, SGLang) over httpx.
+A verdict is cached on disk (JSON lines) under sha256(question, ground truth, prediction, model,
+prompt version), so each triple is judged once across runs.
+
+Failure policy: a server that is down, times out, answers 5xx/429 or replies with something
+that is neither CORRECT nor INCORRECT is retried with exponential backoff; when the retries are
+spent, `JudgeUnavailable` is raised. Other 4xx (bad key, unknown model) raise at once. A
+failure is never scored as "wrong".
+
+Deliberate simplifications: one request per (question, ground truth, prediction) (no batching);
+concurrent calls for the same new triple may both reach the server; the verdict is the last
+CORRECT/INCORRECT word of the reply after any `<think>…</think>` block is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+JUDGE_PROMPT_VERSION = "v1"
+JUDGE_PROMPT = (
+    "You are a strict grader. Decide whether the model's final answer to the question is correct, "
+    "given the ground-truth answer.\n\n"
+    "Question: {question}\n"
+    "Ground-truth answer: {ground_truth}\n"
+    "Model answer: {prediction}\n\n"
+    "The model answer is CORRECT if it states the same final answer as the ground truth: equivalent "
+    "numbers, expressions, units, option letters or wording count as the same; extra explanation is "
+    "fine as long as the final answer is unambiguous. Otherwise it is INCORRECT (wrong, incomplete, "
+    "hedging between several answers, or missing).\n"
+    "Reply with exactly one word: CORRECT or INCORRECT."
+)
+
+_VERDICT_RE = re.compile(r"\b(INCORRECT|CORRECT)\b")
+_THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_RETRY_STATUS = {408, 409, 425, 429}
+
+
+class JudgeUnavailable(RuntimeError):
+    """The judge could not produce a verdict (server down, timeouts, errors, unparseable replies)."""
+
+
+def parse_verdict(reply: str) -> float | None:
+    """1.0 for CORRECT, 0.0 for INCORRECT (the last such word wins), None when neither appears."""
+    found = _VERDICT_RE.findall(_THINK_RE.sub(" ", reply).upper())
+    if not found:
+        return None
+    return 1.0 if found[-1] == "CORRECT" else 0.0
+
+
+class LLMJudge:
+    """Scores a prediction against ground truth(s) with an LLM; 1.0 (CORRECT) or 0.0 (INCORRECT).
+
+    Args:
+        base_url: server root including the API prefix, e.g. "http://127.0.0.1:8000/v1".
+        model: model name sent in the request.
+        api_key_env: name of the environment variable holding the API key; when it is unset or
+            None no Authorization header is sent (local vLLM servers need none).
+        timeout_s: per-request timeout. max_retries: retries after the first attempt.
+        backoff_s: first retry delay, doubled on each retry, capped at max_backoff_s.
+        cache_path: JSON-lines verdict cache; None disables caching on disk (memory only).
+        trust_env: let httpx read proxy settings from the environment (False for a local server
+            behind an HTTP(S)_PROXY that cannot reach it).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        temperature: float = 0.0,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        max_tokens: int = 16,
+        cache_path: str | os.PathLike[str] | None = None,
+        prompt: str = JUDGE_PROMPT,
+        prompt_version: str = JUDGE_PROMPT_VERSION,
+        trust_env: bool = True,
+    ) -> None:
+        if max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise ValueError("need max_retries >= 0, timeout_s > 0 and backoff_s >= 0")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.temperature = temperature
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_tokens = max_tokens
+        self.prompt = prompt
+        self.prompt_version = prompt_version
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(timeout=timeout_s, trust_env=trust_env)
+        self._lock = threading.Lock()
+        self._cache: dict[str, float] = {}
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.requests = 0
+        self.cache_hits = 0
+        if self.cache_path is not None and self.cache_path.exists():
+            self._load_cache(self.cache_path)
+
+    # ------------------------------------------------------------------ cache
+    def _load_cache(self, path: Path) -> None:
+        with path.open("r", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    self._cache[str(row["key"])] = float(row["score"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash is skipped, not fatal
+
+    def cache_key(self, question: str, ground_truth: str, prediction: str) -> str:
+        blob = json.dumps([question, ground_truth, prediction, self.model, self.prompt_version], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _store(self, key: str, score: float, reply: str) -> None:
+        with self._lock:
+            self._cache[key] = score
+            if self.cache_path is not None:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"key": key, "score": score, "reply": reply[:500]}) + "\n")
+
+    # ------------------------------------------------------------------ requests
+    def _ask(self, content: str) -> tuple[float, str]:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        last = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+            with self._lock:
+                self.requests += 1
+            try:
+                resp = self._client.post(self.url, json=payload, headers=self._headers)
+            except httpx.TimeoutException:
+                last = f"timed out after {self.timeout_s} s"
+                continue
+            except httpx.TransportError as e:
+                last = f"cannot reach the server ({type(e).__name__}: {e})"
+                continue
+            if resp.status_code in _RETRY_STATUS or resp.status_code >= 500:
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                continue
+            if resp.status_code >= 400:
+                raise JudgeUnavailable(
+                    f"LLM judge {self.model!r} at {self.url} refused the request "
+                    f"(HTTP {resp.status_code}: {resp.text[:200]}); check base_url, model and API key"
+                )
+            try:
+                reply = str(resp.json()["choices"][0]["message"]["content"] or "")
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = f"malformed response body {resp.text[:200]!r}"
+                continue
+            verdict = parse_verdict(reply)
+            if verdict is None:
+                last = f"unparseable reply {reply[:200]!r}"
+                continue
+            return verdict, reply
+        raise JudgeUnavailable(
+            f"LLM judge {self.model!r} at {self.url} gave no verdict after {self.max_retries + 1} "
+            f"attempts; last error: {last}"
+        )
+
+    # ------------------------------------------------------------------ public
+    def judge_one(self, question: str, ground_truth: str, prediction: str) -> float:
+        """Verdict for one ground truth (cached)."""
+        key = self.cache_key(question, ground_truth, prediction)
+        with self._lock:
+            if key in self._cache:
+                self.cache_hits += 1
+                return self._cache[key]
+        content = self.prompt.format(question=question, ground_truth=ground_truth, prediction=prediction)
+        score, reply = self._ask(content)
+        self._store(key, score, reply)
+        return score
+
+    def judge(self, question: str, ground_truth: str | list[str], prediction: str | None) -> float:
+        """Max verdict over the ground truths; 0.0 without a request for a None/empty prediction.
+
+        Raises JudgeUnavailable when no verdict can be obtained.
+        """
+        if prediction is None or not prediction.strip():
+            return 0.0
+        truths = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
+        best = 0.0
+        for gt in truths:
+            if gt is None or not str(gt).strip():
+                continue
+            best = max(best, self.judge_one(question, str(gt), prediction))
+            if best >= 1.0:
+                break
+        return best
+
+    def __call__(self, prediction: str | None, ground_truth: str | list[str], question: str = "") -> float:
+        """Verifier-style call order (prediction, ground_truth), plus the question."""
+        return self.judge(question, ground_truth, prediction)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "LLMJudge":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

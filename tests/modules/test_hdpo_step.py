@@ -1,0 +1,63 @@
+"""One real HDPO training step: scripted rollouts with mixed correctness change the weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+from test_loop import ANSWER, CALL, FakeToolBox, ScriptedEngine  # noqa: E402
+
+from metis.agent.loop import RolloutConfig  # noqa: E402
+from metis.data.prompts import PromptDataModule  # noqa: E402
+from metis.data.synthetic import make_tasks  # noqa: E402
+from metis.modules.hdpo import HDPOModule  # noqa: E402
+from metis.rl.scheme import PolicyObjective, RewardScheme  # noqa: E402
+
+WRONG = "<reason>guess</reason><answer>41</answer><|im_end|>"
+
+
+class CyclingEngine(ScriptedEngine):
+    """Gives the k-th new trajectory script k mod len(scripts)."""
+
+    def generate(self, trajs, max_new_tokens, stop_ids, greedy=False):
+        for t in trajs:
+            self.order.setdefault(t.traj_id, len(self.order))
+        out = []
+        for t in trajs:
+            k = self.order[t.traj_id] % len(self.scripts)
+            turn = self.turn.get(t.traj_id, 0)
+            self.turn[t.traj_id] = turn + 1
+            out.append(self.tok(self.scripts[k][turn], add_special_tokens=False)["input_ids"][:max_new_tokens])
+        return out
+
+
+def test_one_training_step_changes_weights(tiny_policy, tmp_path):
+    model, processor = tiny_policy
+    model = type(model)(model.config)  # a private copy: the session fixture stays untouched
+    model.load_state_dict(tiny_policy[0].state_dict())
+    tasks = make_tasks(2, seed=0, families=("arithmetic",), hard_fraction=0.0)
+    # answers: two correct with a tool, one correct directly, one wrong -> both channels active
+    scripts = [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]]
+    for task in tasks:
+        task.answer = "42"
+    engine = CyclingEngine(processor, scripts)
+    module = HDPOModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyObjective(),
+                        RolloutConfig(max_turns=4), group_size=4, lr=1e-2, rollout_log_dir=str(tmp_path / "r"))
+    dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert m["train/accuracy"] == 0.75 and m["train/tool_call_rate"] == 0.5
+    assert m["train/mean_tool_calls"] == 0.75 and m["train/format_rate"] == 1.0
+    # correct rollouts have T = 1, 0, 2 -> A_tool != 0 for all three; the wrong one gets none
+    assert m["train/rho_Q"] == 0.75
+    assert m["train/loss/tool"] != 0.0 and m["train/loss/acc"] != 0.0
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed, "an optimizer step with non-zero advantages must change the weights"
+    assert (tmp_path / "r" / "train.jsonl").read_text().count("\n") == 8

@@ -1,0 +1,188 @@
+"""LLMJudge against a real HTTP server on 127.0.0.1 with scripted replies."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from metis.rl import JudgeUnavailable, LLMJudge, parse_verdict
+
+
+class ScriptedServer:
+    """Each request pops the next action: a reply string, an int status, ("sleep", s, reply) or ("raw", body)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                outer.headers.append(dict(self.headers))
+                action = outer.script.pop(0) if outer.script else "CORRECT"
+                status, payload = 200, None
+                if isinstance(action, int):
+                    status, payload = action, b'{"error": "scripted"}'
+                elif isinstance(action, tuple) and action[0] == "sleep":
+                    time.sleep(action[1])
+                    action = action[2]
+                elif isinstance(action, tuple) and action[0] == "raw":
+                    payload = action[1].encode()
+                if payload is None:
+                    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(*script):
+        s = ScriptedServer(script)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def make(url, **kw):
+    kw.setdefault("backoff_s", 0.01)
+    kw.setdefault("timeout_s", 2.0)
+    return LLMJudge(url, "judge-model", api_key_env="METIS_TEST_JUDGE_KEY", trust_env=False, **kw)
+
+
+def test_scripted_verdicts_and_request(serve, monkeypatch):
+    monkeypatch.setenv("METIS_TEST_JUDGE_KEY", "sk-test")
+    srv = serve("CORRECT", "INCORRECT", "<think>it might be INCORRECT</think>\nCORRECT")
+    with make(srv.url) as judge:
+        assert judge.judge("What color?", "red", "Red.") == 1.0
+        assert judge.judge("What color?", "red", "blue") == 0.0
+        assert judge("crimson", "red", question="What color?") == 1.0
+    body = srv.requests[0]
+    assert body["model"] == "judge-model" and body["temperature"] == 0.0
+    prompt = body["messages"][0]["content"]
+    assert "What color?" in prompt and "red" in prompt and "Red." in prompt and "CORRECT or INCORRECT" in prompt
+    assert srv.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+def test_no_key_no_auth_header(serve, monkeypatch):
+    monkeypatch.delenv("METIS_TEST_JUDGE_KEY", raising=False)
+    srv = serve("CORRECT")
+    with make(srv.url) as judge:
+        assert judge.judge("q", "a", "a") == 1.0
+    assert "Authorization" not in srv.headers[0]
+
+
+def test_slow_reply_trips_timeout(serve):
+    srv = serve(("sleep", 1.0, "CORRECT"), ("sleep", 1.0, "CORRECT"))
+    with make(srv.url, timeout_s=0.2, max_retries=1) as judge:
+        t0 = time.monotonic()
+        with pytest.raises(JudgeUnavailable, match="timed out"):
+            judge.judge("q", "a", "b")
+        assert time.monotonic() - t0 < 1.5
+    assert len(srv.requests) == 2
+
+
+def test_500_then_success(serve):
+    srv = serve(500, "CORRECT")
+    with make(srv.url, max_retries=2) as judge:
+        assert judge.judge("q", "a", "a") == 1.0
+    assert len(srv.requests) == 2
+
+
+def test_500_forever_raises(serve):
+    srv = serve(503, 503)
+    with make(srv.url, max_retries=1) as judge:
+        with pytest.raises(JudgeUnavailable, match="HTTP 503"):
+            judge.judge("q", "a", "a")
+    assert len(srv.requests) == 2
+
+
+def test_garbage_retried_then_raises(serve):
+    srv = serve("I am not sure.", ("raw", "not json"))
+    with make(srv.url, max_retries=1) as judge:
+        with pytest.raises(JudgeUnavailable, match="malformed|unparseable"):
+            judge.judge("q", "a", "b")
+    assert len(srv.requests) == 2
+    srv2 = serve("maybe?", "INCORRECT")
+    with make(srv2.url, max_retries=1) as judge:
+        assert judge.judge("q", "a", "b") == 0.0
+
+
+def test_client_error_is_not_retried(serve):
+    srv = serve(401)
+    with make(srv.url, max_retries=3) as judge:
+        with pytest.raises(JudgeUnavailable, match="HTTP 401"):
+            judge.judge("q", "a", "b")
+    assert len(srv.requests) == 1
+
+
+def test_down_server_raises_clearly():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with make(f"http://127.0.0.1:{port}/v1", max_retries=1) as judge:
+        with pytest.raises(JudgeUnavailable, match="cannot reach"):
+            judge.judge("q", "a", "b")
+
+
+def test_cache_hit_makes_no_second_request(serve, tmp_path):
+    cache = tmp_path / "judge" / "cache.jsonl"
+    srv = serve("CORRECT", "INCORRECT")
+    with make(srv.url, cache_path=cache) as judge:
+        assert judge.judge("q", "a", "a!") == 1.0
+        assert judge.judge("q", "a", "a!") == 1.0
+        assert len(srv.requests) == 1 and judge.cache_hits == 1
+    with make(srv.url, cache_path=cache) as again:  # a new process would read the file
+        assert again.judge("q", "a", "a!") == 1.0
+    assert len(srv.requests) == 1
+    assert len(cache.read_text().splitlines()) == 1
+    other = LLMJudge(srv.url, "other-model", api_key_env=None, trust_env=False, cache_path=cache)
+    assert other.judge("q", "a", "a!") == 0.0  # the model is part of the key
+    assert len(srv.requests) == 2
+    other.close()
+
+
+def test_empty_prediction_and_several_truths(serve):
+    srv = serve("INCORRECT", "CORRECT")
+    with make(srv.url) as judge:
+        assert judge.judge("q", "a", None) == 0.0 and judge.judge("q", "a", "  ") == 0.0
+        assert len(srv.requests) == 0
+        assert judge.judge("q", ["x", "y", "z"], "y") == 1.0
+    assert len(srv.requests) == 2  # stopped at the first CORRECT
+
+
+def test_parse_verdict():
+    assert parse_verdict("INCORRECT") == 0.0
+    assert parse_verdict("correct.") == 1.0
+    assert parse_verdict("<think>INCORRECT?</think> CORRECT") == 1.0
+    assert parse_verdict("Not sure") is None
