@@ -23,7 +23,7 @@ from metis.agent.trajectory import Trajectory
 from metis.data.task import Task
 from metis.agent.metrics import rollout_metrics
 from metis.rl.rewards import format_reward
-from metis.rl.types import RolloutScores
+from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,18 @@ class HDPOModule(L.LightningModule):
         minibatch_size: rollouts per PPO update (``None``: the whole step is one update).
         ppo_epochs: passes over the step's rollouts (paper: 1).
         val_group_size: greedy rollouts per validation prompt.
+        micro_batch_size: rollouts per forward/backward; gradients of a mini-batch's micro-batches
+            add up exactly to the mini-batch gradient (see ``PolicyObjective.denominators``).
         rollout_log_dir: where each step's trajectories are appended as JSON lines (None: off).
+        grad_cosine_every: every N RL steps, log the cosine between the gradients of the first two
+            loss channels (HDPO: accuracy vs tool), at the cost of two extra backward passes.
     """
 
     def __init__(self, model, processor, engine, toolbox, scheme, objective, rollout: RolloutConfig,
                  group_size: int = 4, minibatch_size: int | None = None, ppo_epochs: int = 1,
                  micro_batch_size: int = 16, lr: float = 1e-6, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float = 1.0, warmup_steps: int = 0,
-                 rollout_log_dir: str | None = None, val_group_size: int = 1) -> None:
+                 rollout_log_dir: str | None = None, val_group_size: int = 1, grad_cosine_every: int = 0) -> None:
         super().__init__()
         if group_size < 1 or ppo_epochs < 1:
             raise ValueError("module.group_size and module.ppo_epochs must be >= 1")
@@ -56,6 +60,7 @@ class HDPOModule(L.LightningModule):
         self.micro_batch_size = micro_batch_size
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.grad_clip, self.warmup_steps, self.val_group_size = grad_clip, warmup_steps, val_group_size
+        self.grad_cosine_every = grad_cosine_every
         self.rollout_log_dir = Path(rollout_log_dir) if rollout_log_dir else None
         self.pad_id = processor.tokenizer.pad_token_id or 0
         if objective.kl_coef > 0:
@@ -96,6 +101,48 @@ class HDPOModule(L.LightningModule):
                 ents.append(torch.nn.functional.pad(ent, (0, width - ent.shape[1])))
         return torch.cat(chunks), (torch.cat(ents) if ents else None)
 
+    def _minibatch_loss(self, trajs, idx: list[int], old_logprobs, mask, result, backward: bool = True,
+                        channels=None):
+        """Forward/backward one PPO mini-batch in micro-batches; the gradients add up exactly."""
+        if channels is not None:
+            result = AdvantageResult(channels=channels, rewards=result.rewards, metrics=result.metrics)
+        rows_all = torch.tensor(idx, dtype=torch.long)
+        den = self.objective.denominators(mask[rows_all], result, rows_all)
+        summed: dict[str, float] = {}
+        for start in range(0, len(idx), self.micro_batch_size):
+            rows = rows_all[start:start + self.micro_batch_size]
+            sub = [trajs[i] for i in rows.tolist()]
+            logp, entropy = response_logprobs(self.model, sub, self.pad_id,
+                                              with_entropy=self.objective.entropy_coef > 0)
+            width = logp.shape[1]
+            loss, metrics = self.objective(logp, old_logprobs[rows, :width].to(self.device),
+                                           mask[rows, :width], result, rollout_index=rows, entropy=entropy,
+                                           denominators=den)
+            if backward:
+                self.manual_backward(loss)
+            for k, v in metrics.items():  # losses/token counts add up; ratios are averaged below
+                summed[k] = summed.get(k, 0.0) + float(v) * (1.0 if k.startswith(("loss/", "tokens/")) else len(rows) / len(idx))
+        return summed
+
+    def _grad_cosine(self, trajs, idx, old_logprobs, mask, result) -> dict[str, float]:
+        """Cosine between the gradients of the accuracy and the tool terms (the 'cancel' claim)."""
+        if len(result.channels) < 2:
+            return {}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = []
+        for ch in result.channels[:2]:
+            for p in params:
+                p.grad = None
+            self._minibatch_loss(trajs, idx, old_logprobs, mask, result, channels=[ch])
+            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float()
+                                    for p in params]))
+        for p in params:
+            p.grad = None
+        a, b = grads
+        denom = float(a.norm() * b.norm())
+        names = f"{result.channels[0].name}_vs_{result.channels[1].name}"
+        return {f"grad_cosine/{names}": float(a @ b) / denom if denom > 0 else 0.0}
+
     # ---- the RL step -------------------------------------------------------------------------
     def training_step(self, batch: list[Task], batch_idx: int) -> None:
         t0 = time.perf_counter()
@@ -107,40 +154,28 @@ class HDPOModule(L.LightningModule):
         mask = mask.to(self.device)
         with torch.no_grad():
             old_logprobs, _ = self._logprobs(trajs)
-        buffer = self.trainer.datamodule.buffer if self.trainer.datamodule is not None else None
-        if buffer is not None:
-            buffer.fill(trajs, old_logprobs=old_logprobs.cpu(), mask=mask.cpu())
+        buffer = self.trainer.datamodule.buffer
+        buffer.fill(trajs, old_logprobs=old_logprobs.cpu(), mask=mask.cpu())
         t1 = time.perf_counter()
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        size = self.minibatch_size or len(trajs)
-        loss_metrics: list[dict[str, float]] = []
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        out: dict[str, float] = {}
+        if self.grad_cosine_every and self.rl_step % self.grad_cosine_every == 0:
+            out.update(self._grad_cosine(trajs, list(range(len(trajs))), old_logprobs, mask, result))
+        updates: list[dict[str, float]] = []
         for _ in range(self.ppo_epochs):
-            order = buffer.minibatches(size) if buffer is not None else [list(range(len(trajs)))]
-            for idx in order:
-                sub = [trajs[i] for i in idx]
-                rows = torch.tensor(idx, dtype=torch.long)
-                logp, entropy = self._logprobs(sub, with_entropy=self.objective.entropy_coef > 0)
-                sub_width = logp.shape[1]
-                loss, metrics = self.objective(
-                    logp, old_logprobs[rows, :sub_width].to(self.device), mask[rows, :sub_width], result,
-                    rollout_index=rows, entropy=entropy,
-                )
+            for idx in buffer.minibatches(self.minibatch_size or len(trajs)):
                 opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                metrics = self._minibatch_loss(trajs, idx, old_logprobs, mask, result)
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
                 opt.step()
                 sched.step()
-                metrics = {k: float(v) for k, v in metrics.items()}
-                metrics["grad_norm"] = float(grad_norm)
-                loss_metrics.append(metrics)
-        if buffer is not None:
-            buffer.clear()
+                updates.append(metrics)
+        buffer.clear()
         t_update = time.perf_counter() - t1
         self.rl_step += 1
-        out = rollout_metrics(trajs, scores, result)
-        for key in loss_metrics[0]:
-            out[key] = sum(m[key] for m in loss_metrics) / len(loss_metrics)
+        out.update(rollout_metrics(trajs, scores, result))
+        for key in updates[0]:
+            out[key] = sum(m[key] for m in updates) / len(updates)
         out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),
                     "lr": sched.get_last_lr()[0]})
         out.update({f"tools/{k}": float(v) for k, v in self.toolbox.metrics().items()})

@@ -107,6 +107,25 @@ class PolicyObjective:
         self.agg = agg
         self.norm_len = norm_len
 
+    def _channel(self, ch, idx: Tensor, mask: Tensor, logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """The channel's advantages for rows `idx` and its loss mask (nonzero_only rows only)."""
+        adv = ch.advantages.to(idx.device)[idx].to(device=logprobs.device, dtype=logprobs.dtype)
+        m = mask
+        if ch.nonzero_only:
+            m = mask * (adv != 0).to(mask.dtype).unsqueeze(-1)
+        return adv, m
+
+    def _count(self, m: Tensor) -> float:
+        """What the aggregation divides by: tokens (token-mean) or non-empty sequences."""
+        if self.agg == "token-mean":
+            return float((m > 0).sum())
+        return float(((m > 0).sum(-1) > 0).sum())
+
+    def denominators(self, mask: Tensor, result: AdvantageResult, rollout_index: Tensor) -> dict[str, float]:
+        """Per-channel token (or sequence) counts of a whole mini-batch, for micro-batching."""
+        idx = rollout_index.to(torch.long)
+        return {ch.name: self._count(self._channel(ch, idx, mask, mask)[1]) for ch in result.channels}
+
     def describe(self) -> dict[str, Any]:
         return {"loss": self.loss, **self.loss_kwargs, "kl_coef": self.kl_coef, "entropy_coef": self.entropy_coef}
 
@@ -122,8 +141,15 @@ class PolicyObjective:
         rollout_index: Tensor,
         ref_logprobs: Tensor | None = None,
         entropy: Tensor | None = None,
+        denominators: dict[str, float] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss over a mini-batch whose row b is rollout `rollout_index[b]` of `result`.
+
+        With `denominators` (from :meth:`denominators` over the whole mini-batch), the rows are
+        one micro-batch of it and each channel's loss is scaled to its exact share, so the
+        gradients of the micro-batches add up to the gradient of the whole mini-batch
+        (token-mean: share of tokens; seq aggregations: share of sequences, which for
+        seq-mean-token-sum-norm needs a fixed `norm_len`). KL/entropy terms are not rescaled.
 
         Returns (loss, metrics); metrics are detached 0-d tensors named `<metric>/<channel>`
         (loss/acc, clip_frac/tool, tokens/tool, ...) plus loss/total.
@@ -136,11 +162,10 @@ class PolicyObjective:
         total: Tensor | None = None
         metrics: dict[str, Tensor] = {}
         for ch in result.channels:
-            adv = ch.advantages.to(idx.device)[idx].to(device=logprobs.device, dtype=logprobs.dtype)
-            m = mask
-            if ch.nonzero_only:
-                m = mask * (adv != 0).to(mask.dtype).unsqueeze(-1)
+            adv, m = self._channel(ch, idx, mask, logprobs)
             loss_c, met = self._fn(logprobs, old_logprobs, adv, m, **self.loss_kwargs)
+            if denominators is not None:  # a micro-batch's exact share of the mini-batch loss
+                loss_c = loss_c * (self._count(m) / max(denominators[ch.name], 1e-8))
             total = ch.weight * loss_c if total is None else total + ch.weight * loss_c
             metrics[f"loss/{ch.name}"] = loss_c.detach()
             metrics[f"tokens/{ch.name}"] = (m > 0).sum().detach().float()
