@@ -25,6 +25,7 @@ from metis.agent.metrics import rollout_metrics
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
+from metis.utils.metrics import flatten_numeric
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ class HDPOModule(L.LightningModule):
             out[key] = sum(m[key] for m in updates) / len(updates)
         out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),
                     "lr": sched.get_last_lr()[0]})
-        out.update({f"tools/{k}": float(v) for k, v in self.toolbox.metrics().items()})
+        out.update(flatten_numeric(self.toolbox.metrics(), "tools/"))
+        self.toolbox.reset_metrics()  # per-step tool statistics
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, batch_size=len(trajs))
         self.log("accuracy", out["accuracy"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
         self.log("tool_rate", out["tool_call_rate"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))

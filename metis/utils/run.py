@@ -41,12 +41,28 @@ def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(candidates[-1])
 
 
+def quiet_libraries() -> None:
+    """Keep the console for the progress bar and the summary."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    # RL updates happen inside training_step (manual optimisation): the checkpoint holds the state
+    # after the step's updates, which is what resuming needs.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+
+
 def prepare_run(cfg: DictConfig) -> Run:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return Run(cfg=cfg, output_dir=output_dir, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), output_dir))
@@ -69,7 +85,8 @@ def finish_run(run: Run, trainer, module) -> dict[str, float]:
         exp = getattr(lg, "experiment", None)
         run_dir = getattr(exp, "dir", None)
         if run_dir:
-            lines.append(f"  W&B run    : {Path(run_dir).parent.resolve()} (mode: {os.environ.get('WANDB_MODE', 'offline' if getattr(lg, '_offline', False) else 'online')})")
+            mode = "offline" if getattr(exp, "offline", False) or os.environ.get("WANDB_MODE") in ("offline", "dryrun") else "online"
+            lines.append(f"  W&B run    : {Path(run_dir).parent.resolve()} ({mode}; `wandb sync` uploads it)")
             exp.finish()
         elif getattr(lg, "log_dir", None):
             lines.append(f"  logs       : {Path(lg.log_dir).resolve()}")

@@ -36,7 +36,10 @@ class FakeToolBox:
         return FakeObservation("Code execution result:\n42\nImages:\n<image>", [Image.new("RGB", (64, 64), "red")])
 
     def metrics(self):
-        return {}
+        return {"python": {"calls": len(self.calls), "latency_p50_s": 0.0}}
+
+    def reset_metrics(self):
+        pass
 
     def close(self):
         pass
