@@ -27,7 +27,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     run.attach(trainer, module)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    run.reseed()  # however the parts were built (cache hit or miss), sampling starts from the seed
+    # our own checkpoints carry RNG states and configs: trusted, so not weights-only
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=False)
     return finish_run(run, trainer, module)
 
 

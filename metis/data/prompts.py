@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from metis.data.rollout_buffer import RolloutBuffer
+from metis.data.sampler import ResumableSampler
 from metis.data.task import Task
 
 
@@ -46,15 +47,28 @@ class PromptDataModule(L.LightningDataModule):
         self.val_prompts, self.num_workers = val_prompts, num_workers
         self.splits: dict[str, list[Task]] = {}
         self.buffer = RolloutBuffer(seed)
+        self.sampler: ResumableSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.source()
+            if not self.splits.get("train"):
+                raise ValueError("the prompt source returned no 'train' split")
+            self.sampler = ResumableSampler(len(self.splits["train"]), self.seed)
+            if self._pending_state is not None:
+                self.sampler.load_state_dict(self._pending_state)
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(TaskDataset(self.splits["train"]), batch_size=self.prompts_per_step, shuffle=True,
-                          generator=gen, collate_fn=_as_list, num_workers=self.num_workers, drop_last=True)
+        # its own generator: creating the iterator must not draw from the global RNG (exact resume)
+        return DataLoader(TaskDataset(self.splits["train"]), batch_size=self.prompts_per_step, sampler=self.sampler,
+                          collate_fn=_as_list, num_workers=self.num_workers, drop_last=True,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def step_done(self, batch: list[Task]) -> None:
+        """Called by the module when a training step has consumed ``batch``."""
+        if self.sampler is not None:
+            self.sampler.advance(len(batch))
 
     def val_dataloader(self) -> DataLoader | list:
         val = self.splits.get("val") or []
@@ -65,7 +79,13 @@ class PromptDataModule(L.LightningDataModule):
         return DataLoader(TaskDataset(val), batch_size=max(len(val), 1), collate_fn=_as_list)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict()}
+        return {"buffer": self.buffer.state_dict(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
+        if state.get("sampler") is not None:
+            if self.sampler is not None:
+                self.sampler.load_state_dict(state["sampler"])
+            else:
+                self._pending_state = state["sampler"]

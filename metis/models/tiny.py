@@ -159,8 +159,9 @@ def build_tiny(cache_dir: str | Path, **overrides: Any) -> Path:
         return path
     tok = train_tokenizer(spec["vocab_size"], spec["seed"])
     processor = tiny_processor(tok, spec)
-    torch.manual_seed(spec["seed"])
-    model = Qwen3VLForConditionalGeneration(tiny_config(tok, spec))
+    with torch.random.fork_rng(devices=[]):  # building (cache miss) must not move the caller's RNG
+        torch.manual_seed(spec["seed"])
+        model = Qwen3VLForConditionalGeneration(tiny_config(tok, spec))
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)

@@ -26,6 +26,7 @@ from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
 from metis.utils.metrics import flatten_numeric
+from metis.utils.rng import fault_injection, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class HDPOModule(L.LightningModule):
         t0 = time.perf_counter()
         trajs = self.agent.run(batch, n=self.group_size, group_offset=self.rl_step * len(batch))
         t_rollout = time.perf_counter() - t0
+        fault_injection(self.rl_step + 1)
         scores = self.score(trajs)
         result = self.scheme.compute(scores)
         _, mask = response_tensors(trajs)
@@ -172,6 +174,7 @@ class HDPOModule(L.LightningModule):
                 sched.step()
                 updates.append(metrics)
         buffer.clear()
+        self.trainer.datamodule.step_done(batch)
         t_update = time.perf_counter() - t1
         self.rl_step += 1
         out.update(rollout_metrics(trajs, scores, result))
@@ -208,10 +211,13 @@ class HDPOModule(L.LightningModule):
 
     # ---- state -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["metis"] = {"rl_step": self.rl_step, "scheme": self.scheme.describe()}
+        checkpoint["metis"] = {"rl_step": self.rl_step, "scheme": self.scheme.describe(), "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.rl_step = checkpoint.get("metis", {}).get("rl_step", 0)
+        state = checkpoint.get("metis", {})
+        self.rl_step = state.get("rl_step", 0)
+        if "rng" in state:  # sampling continues exactly where the interrupted run stood
+            set_rng_state(state["rng"])
 
     def export_pretrained(self, path: Path) -> None:
         """Save the policy as a Hugging Face directory (usable as ``model.init_from``)."""

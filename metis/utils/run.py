@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metis.utils.validate import validate_config
 
@@ -25,10 +25,16 @@ class Run:
     module: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def reseed(self) -> None:
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+
     def attach(self, trainer, module) -> None:
         self.trainer, self.module = trainer, module
         for lg in trainer.loggers:
             lg.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+            run_id = getattr(getattr(lg, "experiment", None), "id", None)
+            if trainer.global_rank == 0 and isinstance(run_id, str):
+                (self.output_dir / "wandb_run_id").write_text(run_id)
 
 
 def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -65,7 +71,14 @@ def prepare_run(cfg: DictConfig) -> Run:
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return Run(cfg=cfg, output_dir=output_dir, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), output_dir))
+    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+    id_file = output_dir / "wandb_run_id"
+    logger = cfg.get("logger")
+    if ckpt_path and id_file.exists() and logger and str(logger.get("_target_", "")).endswith("WandbLogger"):
+        with open_dict(cfg):  # a resumed run continues the same W&B run
+            cfg.logger.id = id_file.read_text().strip()
+            cfg.logger.resume = "allow"
+    return Run(cfg=cfg, output_dir=output_dir, ckpt_path=ckpt_path)
 
 
 def finish_run(run: Run, trainer, module) -> dict[str, float]:
