@@ -55,7 +55,9 @@ class PromptDataModule(L.LightningDataModule):
             self.splits = self.source()
             if not self.splits.get("train"):
                 raise ValueError("the prompt source returned no 'train' split")
-            self.sampler = ResumableSampler(len(self.splits["train"]), self.seed)
+            trainer = getattr(self, "trainer", None)
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            self.sampler = ResumableSampler(len(self.splits["train"]), self.seed, rank, world)
             if self._pending_state is not None:
                 self.sampler.load_state_dict(self._pending_state)
 
@@ -68,7 +70,7 @@ class PromptDataModule(L.LightningDataModule):
     def step_done(self, batch: list[Task]) -> None:
         """Called by the module when a training step has consumed ``batch``."""
         if self.sampler is not None:
-            self.sampler.advance(len(batch))
+            self.sampler.advance(len(batch) * self.sampler.world_size)
 
     def val_dataloader(self) -> DataLoader | list:
         val = self.splits.get("val") or []

@@ -22,6 +22,7 @@ from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.trajectory import Trajectory
 from metis.data.task import Task
 from metis.agent.metrics import rollout_metrics
+from metis.modules.sharding import apply_fsdp2, gathered, is_sharded
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
@@ -42,6 +43,7 @@ class HDPOModule(L.LightningModule):
         micro_batch_size: rollouts per forward/backward; gradients of a mini-batch's micro-batches
             add up exactly to the mini-batch gradient (see ``PolicyObjective.denominators``).
         rollout_log_dir: where each step's trajectories are appended as JSON lines (None: off).
+        cpu_offload: with FSDP2, keep sharded parameters and optimizer state in CPU memory.
         grad_cosine_every: every N RL steps, log the cosine between the gradients of the first two
             loss channels (HDPO: accuracy vs tool), at the cost of two extra backward passes.
     """
@@ -50,7 +52,8 @@ class HDPOModule(L.LightningModule):
                  group_size: int = 4, minibatch_size: int | None = None, ppo_epochs: int = 1,
                  micro_batch_size: int = 16, lr: float = 1e-6, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float = 1.0, warmup_steps: int = 0,
-                 rollout_log_dir: str | None = None, val_group_size: int = 1, grad_cosine_every: int = 0) -> None:
+                 rollout_log_dir: str | None = None, val_group_size: int = 1, grad_cosine_every: int = 0,
+                 cpu_offload: bool = False) -> None:
         super().__init__()
         if group_size < 1 or ppo_epochs < 1:
             raise ValueError("module.group_size and module.ppo_epochs must be >= 1")
@@ -62,7 +65,7 @@ class HDPOModule(L.LightningModule):
         self.micro_batch_size = micro_batch_size
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.grad_clip, self.warmup_steps, self.val_group_size = grad_clip, warmup_steps, val_group_size
-        self.grad_cosine_every = grad_cosine_every
+        self.grad_cosine_every, self.cpu_offload = grad_cosine_every, cpu_offload
         self.rollout_log_dir = Path(rollout_log_dir) if rollout_log_dir else None
         self.pad_id = processor.tokenizer.pad_token_id or 0
         if objective.kl_coef > 0:
@@ -71,6 +74,14 @@ class HDPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.rl_step = 0
         self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective"])
+
+    # ---- distribution ------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """FSDP2 when the trainer runs ``ModelParallelStrategy``; otherwise nothing to do."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is not None and not is_sharded(self.model):
+            apply_fsdp2(self.model, mesh, param_dtype=next(self.model.parameters()).dtype,
+                        cpu_offload=self.cpu_offload)
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -148,7 +159,9 @@ class HDPOModule(L.LightningModule):
     # ---- the RL step -------------------------------------------------------------------------
     def training_step(self, batch: list[Task], batch_idx: int) -> None:
         t0 = time.perf_counter()
-        trajs = self.agent.run(batch, n=self.group_size, group_offset=self.rl_step * len(batch))
+        group_offset = (self.rl_step * self.trainer.world_size + self.trainer.global_rank) * len(batch)
+        with gathered(self.model):
+            trajs = self.agent.run(batch, n=self.group_size, group_offset=group_offset)
         t_rollout = time.perf_counter() - t0
         fault_injection(self.rl_step + 1)
         scores = self.score(trajs)
@@ -169,7 +182,8 @@ class HDPOModule(L.LightningModule):
             for idx in buffer.minibatches(self.minibatch_size or len(trajs)):
                 opt.zero_grad(set_to_none=True)
                 metrics = self._minibatch_loss(trajs, idx, old_logprobs, mask, result)
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                metrics["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 opt.step()
                 sched.step()
                 updates.append(metrics)
@@ -191,7 +205,8 @@ class HDPOModule(L.LightningModule):
 
     # ---- validation --------------------------------------------------------------------------
     def validation_step(self, batch: list[Task], batch_idx: int) -> None:
-        trajs = self.agent.run(batch, n=self.val_group_size, greedy=True)
+        with gathered(self.model):
+            trajs = self.agent.run(batch, n=self.val_group_size, greedy=True)
         scores = self.score(trajs)
         metrics = rollout_metrics(trajs, scores, None)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=len(trajs))

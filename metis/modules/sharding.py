@@ -1,0 +1,71 @@
+"""FSDP2 for Qwen3-VL through Lightning's ``ModelParallelStrategy`` (no home-made distributed code).
+
+Wrapping policy: every text decoder layer and every vision block is its own ``fully_shard`` unit
+(the natural all-gather granularity of a transformer), then the root (embeddings, merger, LM head).
+Mixed precision keeps parameters in the model's dtype for compute and reduces gradients in fp32.
+
+Rollouts need whole weights on every rank: ranks generate different numbers of tokens and
+turns, so per-forward all-gathers would deadlock. :func:`gathered` unshards every unit once
+(one collective per unit, same count on every rank), generation then runs without collectives,
+and the units are resharded afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def shard_units(model) -> list[torch.nn.Module]:
+    """The modules that become FSDP units: decoder layers and vision blocks of Qwen-VL models."""
+    units = []
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("DecoderLayer") or name.endswith("VisionBlock"):
+            units.append(module)
+    if not units:
+        raise ValueError(f"no decoder layers or vision blocks found in {type(model).__name__}")
+    return units
+
+
+def apply_fsdp2(model, device_mesh, param_dtype: torch.dtype | None = None, reduce_dtype=torch.float32,
+                cpu_offload: bool = False) -> None:
+    """Shard ``model`` in place over the data-parallel dimension of ``device_mesh``."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
+    kwargs = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)}
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for unit in shard_units(model):
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered(model) -> Iterator[None]:
+    """Whole parameters on this rank for the duration (see module docstring); no-op if unsharded."""
+    if not is_sharded(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
