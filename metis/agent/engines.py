@@ -19,7 +19,11 @@ ENGINES: Registry = Registry("rollout engine")
 
 
 class Engine(Protocol):
+    """What the agent loop and the trainer need from a rollout engine."""
+
     def bind(self, model, processor) -> None: ...
+    def after_rollout(self) -> None: ...
+    def sync_weights(self, model) -> None: ...
     def generate(self, trajs: Sequence[Trajectory], max_new_tokens: int, stop_ids: list[int],
                  greedy: bool = False) -> list[list[int]]: ...
 
@@ -43,6 +47,12 @@ class HFEngine:
 
     def bind(self, model, processor) -> None:
         self.model, self.processor = model, processor
+
+    def after_rollout(self) -> None:
+        """Nothing to release: generation shares the trainer's weights."""
+
+    def sync_weights(self, model) -> None:
+        """Nothing to push: generation uses the trainer's module directly."""
 
     @torch.no_grad()
     def generate(self, trajs: Sequence[Trajectory], max_new_tokens: int, stop_ids: list[int],

@@ -85,8 +85,11 @@ class AgentLoop:
                     new_tokens = self.engine.generate(live, max(1, min(self.config.max_new_tokens, max(budgets))),
                                                       self.stop_ids, greedy=greedy)
                     calls = []
+                    engine_logprobs = getattr(self.engine, "last_logprobs", None) or {}
                     for traj, ids, budget in zip(live, new_tokens, budgets):
                         ids = ids[: max(budget, 0)]
+                        if traj.traj_id in engine_logprobs:
+                            traj.engine_logprobs.extend(engine_logprobs[traj.traj_id][: len(ids)])
                         text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
                         traj.add_model_tokens(ids, text)
                         if ids and ids[-1] == self.tool_call_end_id:

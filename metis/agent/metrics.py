@@ -41,3 +41,17 @@ def rollout_metrics(trajs: Sequence[Trajectory], scores: RolloutScores,
     if result is not None:
         out.update({k: float(v) for k, v in result.metrics.items()})
     return out
+
+
+def engine_logprob_gap(trajs: Sequence[Trajectory], trainer_logprobs) -> dict[str, float]:
+    """Mean and max |trainer - engine| log-prob over model tokens, where the engine reported them."""
+    gaps: list[float] = []
+    for row, t in enumerate(trajs):
+        if not t.engine_logprobs:
+            continue
+        positions = [j for j, m in enumerate(t.response_mask) if m][: len(t.engine_logprobs)]
+        mine = trainer_logprobs[row, positions].tolist()
+        gaps.extend(abs(a - b) for a, b in zip(mine, t.engine_logprobs))
+    if not gaps:
+        return {}
+    return {"logprob_gap/mean": _mean(gaps), "logprob_gap/max": max(gaps)}

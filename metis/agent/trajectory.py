@@ -55,6 +55,7 @@ class Trajectory:
     truncated: bool = False
     done: bool = False
     final_answer: str | None = None
+    engine_logprobs: list[float] = field(default_factory=list)  # per model token, when the engine reports them
 
     @property
     def input_ids(self) -> list[int]:

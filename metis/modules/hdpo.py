@@ -21,7 +21,7 @@ from metis.agent.logprobs import response_logprobs
 from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.trajectory import Trajectory
 from metis.data.task import Task
-from metis.agent.metrics import rollout_metrics
+from metis.agent.metrics import engine_logprob_gap, rollout_metrics
 from metis.modules.sharding import apply_fsdp2, gathered, is_sharded
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
@@ -162,6 +162,7 @@ class HDPOModule(L.LightningModule):
         group_offset = (self.rl_step * self.trainer.world_size + self.trainer.global_rank) * len(batch)
         with gathered(self.model):
             trajs = self.agent.run(batch, n=self.group_size, group_offset=group_offset)
+        self.engine.after_rollout()
         t_rollout = time.perf_counter() - t0
         fault_injection(self.rl_step + 1)
         scores = self.score(trajs)
@@ -188,10 +189,12 @@ class HDPOModule(L.LightningModule):
                 sched.step()
                 updates.append(metrics)
         buffer.clear()
+        self.engine.sync_weights(self.model)
         self.trainer.datamodule.step_done(batch)
         t_update = time.perf_counter() - t1
         self.rl_step += 1
         out.update(rollout_metrics(trajs, scores, result))
+        out.update(engine_logprob_gap(trajs, old_logprobs))
         for key in updates[0]:
             out[key] = sum(m[key] for m in updates) / len(updates)
         out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),

@@ -2,79 +2,9 @@
 
 from __future__ import annotations
 
-from PIL import Image
-
+from helpers import ANSWER, CALL, FakeToolBox, ScriptedEngine, make_task
 from metis.agent.format import parse_tool_call, ParseError, sanitize_observation, build_system_prompt
 from metis.agent.loop import AgentLoop, RolloutConfig
-from metis.data.task import Task
-
-
-class FakeObservation:
-    def __init__(self, text, images=(), error=None):
-        self.text, self.images, self.error = text, list(images), error
-
-
-class FakeToolBox:
-    """Answers `python` calls with a text observation and one 64x64 image; anything else errors."""
-
-    def __init__(self):
-        self.started, self.ended, self.calls = [], [], []
-
-    def specs(self):
-        return [{"name": "python", "description": "run code", "parameters": {"code": "str"}}]
-
-    def start(self, traj_id, images):
-        self.started.append(traj_id)
-
-    def end(self, traj_id):
-        self.ended.append(traj_id)
-
-    def execute(self, traj_id, name, arguments):
-        self.calls.append((traj_id, name, arguments))
-        if name != "python":
-            return FakeObservation(f"unknown tool {name}", error="unknown_tool")
-        return FakeObservation("Code execution result:\n42\nImages:\n<image>", [Image.new("RGB", (64, 64), "red")])
-
-    def metrics(self):
-        return {"python": {"calls": len(self.calls), "latency_p50_s": 0.0}}
-
-    def reset_metrics(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class ScriptedEngine:
-    """Emits scripted text turns per trajectory (by the trajectory's position in the first batch)."""
-
-    def __init__(self, processor, scripts):
-        self.tok = processor.tokenizer
-        self.scripts = scripts
-        self.turn = {}
-        self.order = {}
-
-    def bind(self, model, processor):
-        pass
-
-    def generate(self, trajs, max_new_tokens, stop_ids, greedy=False):
-        out = []
-        for t in trajs:
-            k = self.order.setdefault(t.traj_id, len(self.order))
-            turn = self.turn.get(t.traj_id, 0)
-            self.turn[t.traj_id] = turn + 1
-            ids = self.tok(self.scripts[k][turn], add_special_tokens=False)["input_ids"]
-            out.append(ids[:max_new_tokens])
-        return out
-
-
-def make_task():
-    return Task(id="t0", question="<image>What is 6 * 7?", images=[Image.new("RGB", (96, 96), "white")],
-                answer="42", verifier="numeric", needs_tool=False)
-
-
-CALL = '<reason>compute</reason><tool_call>{"name": "python", "arguments": {"code": "print(6*7)"}}</tool_call>'
-ANSWER = "<reason>done</reason><answer>42</answer><|im_end|>"
 
 
 def run_scripts(tiny_policy, scripts, **cfg):

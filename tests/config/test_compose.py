@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import CONF, ROOT, compose_cfg
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -14,10 +14,8 @@ import lightning as L
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "agent"))
-from test_hdpo_step import WRONG, CyclingEngine  # noqa: E402
-from test_loop import ANSWER, CALL, FakeToolBox  # noqa: E402
+sys.path.insert(0, str(HERE.parent))
+from helpers import ANSWER, CALL, WRONG, CyclingEngine, FakeToolBox  # noqa: E402
 
 from metis.agent.loop import RolloutConfig  # noqa: E402
 from metis.data.prompts import PromptDataModule  # noqa: E402

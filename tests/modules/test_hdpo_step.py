@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-from test_loop import ANSWER, CALL, FakeToolBox, ScriptedEngine  # noqa: E402
+from helpers import ANSWER, CALL, WRONG, CyclingEngine, FakeToolBox
 
-from metis.agent.loop import RolloutConfig  # noqa: E402
-from metis.data.prompts import PromptDataModule  # noqa: E402
-from metis.data.synthetic import make_tasks  # noqa: E402
-from metis.modules.hdpo import HDPOModule  # noqa: E402
-from metis.rl.scheme import PolicyObjective, RewardScheme  # noqa: E402
-
-WRONG = "<reason>guess</reason><answer>41</answer><|im_end|>"
-
-
-class CyclingEngine(ScriptedEngine):
-    """Gives the k-th new trajectory script k mod len(scripts)."""
-
-    def generate(self, trajs, max_new_tokens, stop_ids, greedy=False):
-        for t in trajs:
-            self.order.setdefault(t.traj_id, len(self.order))
-        out = []
-        for t in trajs:
-            k = self.order[t.traj_id] % len(self.scripts)
-            turn = self.turn.get(t.traj_id, 0)
-            self.turn[t.traj_id] = turn + 1
-            out.append(self.tok(self.scripts[k][turn], add_special_tokens=False)["input_ids"][:max_new_tokens])
-        return out
+from metis.agent.loop import RolloutConfig
+from metis.data.prompts import PromptDataModule
+from metis.data.synthetic import make_tasks
+from metis.modules.hdpo import HDPOModule
+from metis.rl.scheme import PolicyObjective, RewardScheme
 
 
 def run_step(tiny_policy, tmp_path, **module_kwargs):
