@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from metis.agent.loop import AgentLoop
 from metis.eval.benchmarks import load_benchmark
-from metis.eval.report import comparison_table, log_to_logger, to_markdown, write_reports
+from metis.eval.report import (
+    comparison_table,
+    log_to_logger,
+    to_markdown,
+    write_reports,
+)
 from metis.eval.runner import EvalRunner
 from metis.eval.scoring import aggregate, score_records
 

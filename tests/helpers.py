@@ -33,7 +33,7 @@ class FakeToolBox:
     def specs(self):
         return [{"name": "python", "description": "run code", "parameters": {"code": "str"}}]
 
-    def start(self, traj_id, images):
+    def start(self, traj_id, images, meta=None):
         self.started.append(traj_id)
 
     def end(self, traj_id):

@@ -48,6 +48,7 @@ class AgentLoop:
         if isinstance(self.tool_call_end_id, int) and self.tool_call_end_id != tok.unk_token_id:
             self.stop_ids.append(self.tool_call_end_id)
         self._counter = 0
+        self.skipped: list[dict[str, str]] = []  # tasks that could not start, with the reason
 
     # ---- encoding -------------------------------------------------------------------------
     def _encode(self, text: str, images: list) -> tuple[list[int], EncodedImages]:
@@ -68,14 +69,23 @@ class AgentLoop:
         self._counter += 1
         traj = Trajectory(task=task, traj_id=f"{task.id}#{self._counter}", group_id=group_id,
                           prompt_ids=ids, images=list(images), encoded=encoded)
-        self.toolbox.start(traj.traj_id, images)
+        meta = {"id": task.id, "data_source": task.data_source, **task.meta}
+        self.toolbox.start(traj.traj_id, images, meta=meta)  # image_search keys cached results by meta
         return traj
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, tasks: Sequence[Task], n: int = 1, group_offset: int = 0, greedy: bool = False) -> list[Trajectory]:
         """``n`` rollouts for each task; rollouts of task ``k`` get ``group_id = group_offset + k``."""
-        trajs = [self.start(task, group_offset + k) for k, task in enumerate(tasks) for _ in range(n)]
+        trajs: list[Trajectory] = []
         try:
+            for k, task in enumerate(tasks):
+                try:
+                    group = [self.start(task, group_offset + k) for _ in range(n)]
+                except Exception as err:  # a bad prompt (too long, corrupt image) is skipped, not fatal
+                    log.warning("skipping task %s: %s: %s", task.id, type(err).__name__, err)
+                    self.skipped.append({"task_id": task.id, "error": f"{type(err).__name__}: {err}"})
+                    continue
+                trajs.extend(group)
             with ThreadPoolExecutor(max_workers=self.config.tool_workers) as pool:
                 for _ in range(self.config.max_turns):
                     live = [t for t in trajs if not t.done]

@@ -22,12 +22,12 @@ import json
 import logging
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from metis.data.task import Task
-from metis.eval.formats import BadRow, RowSource, decode_images, download, is_missing, read_hub, read_local
+from metis.eval.formats import BadRow, decode_images, is_missing, open_source
 from metis.rl.verifiers import parse_number
 from metis.utils.registry import Registry
 
@@ -343,31 +343,12 @@ def charxiv_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
 
 
 # ----------------------------------------------------------------------------- loading
-def open_source(name: str, path: str | None = None, url: str | None = None, hub_id: str | None = None,
-                hub_config: str | None = None, split: str | None = None, cache_dir: str | None = None) -> RowSource:
-    """The rows: ``path`` when it exists, else ``url`` (downloaded once), else ``hub_id``."""
-    if path and Path(path).expanduser().exists():
-        return read_local(path, split)
-    if url:
-        try:
-            local = download(url, Path(cache_dir or "~/.cache/metis") / "eval")
-        except Exception as err:  # noqa: BLE001 - say what to do instead
-            raise FileNotFoundError(f"benchmark {name}: no data at benchmark.path={path!r} and downloading {url} "
-                                    f"failed ({type(err).__name__}: {err}); download it yourself and set "
-                                    "benchmark.path") from err
-        return read_local(local, split)
-    if hub_id:
-        return read_hub(hub_id, hub_config, split)
-    raise FileNotFoundError(f"benchmark {name}: no data at benchmark.path={path!r} and no benchmark.url/hub_id; "
-                            f"point benchmark.path at the file or folder (see docs/evaluation.md)")
-
-
 def load_benchmark(name: str, loader: str, path: str | None = None, url: str | None = None,
                    hub_id: str | None = None, hub_config: str | None = None, split: str | None = None,
                    data_source: str | None = None, category: str = "perception",
                    loader_options: dict[str, Any] | None = None, limit: int | None = None,
                    cache_dir: str | None = None, **_: Any) -> LoadedBenchmark:
-    """Read and convert a benchmark (see :func:`open_source` for where from). Extra YAML keys
+    """Read and convert a benchmark (see :func:`metis.eval.formats.open_source` for where from). Extra YAML keys
     (metric settings) are ignored here. ``limit`` keeps the first N tasks."""
     convert: Callable[[dict[str, Any], RowContext], list[Task]] = BENCHMARKS.get(loader)
     source = open_source(name, path, url, hub_id, hub_config, split, cache_dir)

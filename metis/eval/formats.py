@@ -244,3 +244,22 @@ def encode_image_b64(img: Image.Image, fmt: str = "PNG") -> str:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def open_source(name: str, path: str | None = None, url: str | None = None, hub_id: str | None = None,
+                hub_config: str | None = None, split: str | None = None, cache_dir: str | None = None) -> RowSource:
+    """The rows: ``path`` when it exists, else ``url`` (downloaded once), else ``hub_id``."""
+    if path and Path(path).expanduser().exists():
+        return read_local(path, split)
+    if url:
+        try:
+            local = download(url, Path(cache_dir or "~/.cache/metis") / "eval")
+        except Exception as err:
+            raise FileNotFoundError(f"benchmark {name}: no data at benchmark.path={path!r} and downloading {url} "
+                                    f"failed ({type(err).__name__}: {err}); download it yourself and set "
+                                    "benchmark.path") from err
+        return read_local(local, split)
+    if hub_id:
+        return read_hub(hub_id, hub_config, split)
+    raise FileNotFoundError(f"benchmark {name}: no data at benchmark.path={path!r} and no benchmark.url/hub_id; "
+                            f"point benchmark.path at the file or folder (see docs/evaluation.md)")

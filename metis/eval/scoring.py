@@ -22,8 +22,9 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from metis.rl.judge import JudgeUnavailable
 from metis.rl.verifiers import VERIFIERS, extract_choices, normalize_text, parse_number

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +164,15 @@ def build_tiny(cache_dir: str | Path, **overrides: Any) -> Path:
     with torch.random.fork_rng(devices=[]):  # building (cache miss) must not move the caller's RNG
         torch.manual_seed(spec["seed"])
         model = Qwen3VLForConditionalGeneration(tiny_config(tok, spec))
-    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "metis_tiny_spec.json").write_text(json.dumps(spec, indent=1))
-    tmp.rename(path)  # atomic: a crashed build never leaves a half-written cache entry
+    try:
+        tmp.rename(path)  # atomic: a crashed build never leaves a half-written cache entry
+    except OSError:  # another process built the same entry first: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "config.json").exists():
+            raise
     return path

@@ -164,6 +164,10 @@ class HDPOModule(L.LightningModule):
             trajs = self.agent.run(batch, n=self.group_size, group_offset=group_offset)
         self.engine.after_rollout()
         t_rollout = time.perf_counter() - t0
+        if not trajs:  # every prompt of the batch was unusable (reported by the agent loop)
+            log.warning("RL step %d: no rollouts (all %d prompts skipped); no update", self.rl_step + 1, len(batch))
+            self.trainer.datamodule.step_done(batch)
+            return
         fault_injection(self.rl_step + 1)
         scores = self.score(trajs)
         result = self.scheme.compute(scores)
@@ -195,6 +199,7 @@ class HDPOModule(L.LightningModule):
         self.rl_step += 1
         out.update(rollout_metrics(trajs, scores, result))
         out.update(engine_logprob_gap(trajs, old_logprobs))
+        out["skipped_prompts"] = float(len(self.agent.skipped))
         for key in updates[0]:
             out[key] = sum(m[key] for m in updates) / len(updates)
         out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),
@@ -212,7 +217,7 @@ class HDPOModule(L.LightningModule):
             trajs = self.agent.run(batch, n=self.val_group_size, greedy=True)
         scores = self.score(trajs)
         metrics = rollout_metrics(trajs, scores, None)
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=len(trajs))
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=len(trajs), sync_dist=True)
         self._save_rollouts(trajs, scores, None, "val")
 
     def _save_rollouts(self, trajs, scores: RolloutScores, result, split: str) -> None:

@@ -73,7 +73,10 @@ class SFTModule(L.LightningModule):
             for p in model.model.visual.parameters():
                 p.requires_grad_(False)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if lora:
             model = apply_lora(model, lora)

@@ -60,6 +60,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+    warnings.filterwarnings("ignore", message=".*srun. command is available on your system but is not used.*")
+    # the prompt sampler's position lives in the DataModule's state (exact resume), not the DataLoader's
+    warnings.filterwarnings("ignore", message=".*dataloader.*is not resumable.*")
 
 
 def prepare_run(cfg: DictConfig) -> Run:

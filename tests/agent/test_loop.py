@@ -70,3 +70,16 @@ def test_parse_tool_call_and_sanitize():
     assert sanitize_observation("<image><image>", 1).count("<image>") == 1
     assert "python" in build_system_prompt([{"name": "python", "description": "d"}])
     assert "tool" not in build_system_prompt([]).split("\n\n", 1)[1]
+
+
+def test_unusable_prompt_is_skipped_and_reported(tiny_policy):
+    _, processor = tiny_policy
+    toolbox = FakeToolBox()
+    loop = AgentLoop(ScriptedEngine(processor, [[ANSWER]]), toolbox, processor, RolloutConfig(max_prompt_tokens=64))
+    long_task = make_task()
+    long_task.question = "<image>" + "why " * 200
+    good = make_task()
+    good.images = [good.images[0].resize((32, 32))]
+    trajs = loop.run([long_task], n=2)
+    assert trajs == [] and loop.skipped[0]["task_id"] == "t0" and "max_prompt_tokens" in loop.skipped[0]["error"]
+    assert toolbox.started == toolbox.ended == []
