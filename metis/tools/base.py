@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from metis.tools._python_worker import smart_resize
+from metis.tools._sandbox_protocol import smart_resize
 from metis.utils.registry import Registry
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -30,7 +30,8 @@ ERROR_KINDS = ("parse_error", "unknown_tool", "execution_error", "timeout", "ref
 TOOLS: Registry[type[Tool]] = Registry("tool")
 
 __all__ = ["ERROR_KINDS", "IMAGE_PLACEHOLDER", "TOOLS", "Observation", "Tool", "cache_root",
-           "encode_png", "error_observation", "escape_text", "fit_image", "smart_resize", "validate_arguments"]
+           "encode_png", "error_observation", "escape_text", "fit_image", "smart_resize",
+           "validate_arguments"]
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Tool(ABC):
     description: ClassVar[str]  # one line for the system prompt
     parameters: ClassVar[dict]  # JSON schema of the arguments
 
-    def start(self, traj_id: str, images: list[Image.Image],
+    def start(self, traj_id: str, images: list[Image.Image],  # noqa: B027 - optional hook
               meta: Mapping[str, Any] | None = None) -> None:
         """A trajectory begins with these input images (``meta``: optional task fields)."""
 
@@ -58,10 +59,10 @@ class Tool(ABC):
     def call(self, traj_id: str, arguments: dict) -> Observation:
         """Run the tool once for this trajectory."""
 
-    def end(self, traj_id: str) -> None:
+    def end(self, traj_id: str) -> None:  # noqa: B027 - optional hook
         """The trajectory is over: free its state."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release every resource (processes, connections)."""
 
     def spec(self) -> dict:

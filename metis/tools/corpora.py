@@ -57,7 +57,7 @@ def world(n_countries: int = 60, seed: int = 0) -> list[Country]:
     rng = random.Random(seed)
     used: set[str] = set()
     out = []
-    for i in range(n_countries):
+    for _ in range(n_countries):
         name = _name(rng, used) + rng.choice(["ia", "ania", "and", "ora", "istan"])
         out.append(Country(
             name=name, capital=_name(rng, used), currency=rng.choice(_CURRENCIES),

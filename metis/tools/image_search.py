@@ -80,7 +80,7 @@ class LocalImageIndex:
                     rows = [json.loads(line) for line in fh if line.strip()]
                 items = [(os.path.join(folder, r["file"]), r["caption"]) for r in rows]
         self.entries: list[tuple[Any, Any, str, str]] = []
-        for i, (src, caption) in enumerate(items):
+        for src, caption in items:
             img = Image.open(src) if isinstance(src, str) else src
             img = img.convert("RGB")
             path = src if isinstance(src, str) else ""

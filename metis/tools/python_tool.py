@@ -31,8 +31,9 @@ from PIL import Image
 
 from metis.tools.base import TOOLS, Observation, Tool, error_observation, escape_text, fit_image
 from metis.tools.pool import InterpreterPool
-from metis.tools._python_worker import decode_image
-from metis.tools.sandbox import Interpreter, SandboxConfig, SandboxError, resolve_mode
+from metis.tools._sandbox_protocol import decode_image
+from metis.tools.sandbox import (Interpreter, SandboxConfig, SandboxError, resolve_mode,
+                                 sweep_stale_scratch)
 
 log = logging.getLogger("metis.tools.python")
 _instances: weakref.WeakSet[PythonTool] = weakref.WeakSet()
@@ -81,6 +82,7 @@ class PythonTool(Tool):
             min_pixels=min_pixels, max_pixels=max_pixels,
             capture_open_figures=capture_open_figures)
         self.mode = resolve_mode(sandbox)
+        sweep_stale_scratch(scratch_root)
         self.pool = InterpreterPool(lambda: Interpreter(self.config, self.mode), pool_size,
                                     startup_timeout_s)
         self._trajs: dict[str, _Traj] = {}
@@ -148,9 +150,10 @@ class PythonTool(Tool):
                 traj = self._trajs[traj_id] = _Traj(images=[])
         with traj.lock:
             traj.last_used = time.monotonic()
-            note, traj.note = traj.note, ""
+            note = ""
             try:
                 self._attach(traj)
+                note, traj.note = traj.note, ""
                 assert traj.interp is not None
                 reply, blobs = traj.interp.request({"op": "exec", "code": code}, self.timeout_s)
             except TimeoutError:
@@ -159,7 +162,7 @@ class PythonTool(Tool):
                     "timeout", f"{HEADER}{note}TimeoutError: the code ran longer than "
                     f"{self.timeout_s:g} s and was stopped. {STATE_LOST}\n", time.monotonic() - t0)
             except SandboxError as exc:
-                traj.interp = None
+                traj.interp, traj.note = None, ""
                 return error_observation(
                     "execution_error", f"{HEADER}{note}The interpreter stopped ({exc}). "
                     f"{STATE_LOST}\n", time.monotonic() - t0)

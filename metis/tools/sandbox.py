@@ -30,169 +30,60 @@ import os
 import select
 import shutil
 import signal
-import site
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
-import warnings
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-from metis.tools._python_worker import BLOB, HEADER, encode_frames, encode_image
+from metis.tools._sandbox_protocol import BLOB, HEADER, encode_frames, encode_image
+from metis.tools.isolation import (SANDBOX_SCRATCH, WORKER_PATH, SandboxConfig, SandboxError,
+                                   bwrap_command, resolve_mode, sandbox_env)
+
+__all__ = ["Interpreter", "SandboxConfig", "SandboxError", "kill_uid", "resolve_mode",
+           "sweep_stale_scratch"]
 
 log = logging.getLogger("metis.tools.sandbox")
-WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_python_worker.py")
-SANDBOX_WORKER = "/opt/metis/worker.py"
-SANDBOX_SCRATCH = "/scratch"
-
-
-class SandboxError(RuntimeError):
-    """The interpreter could not be started or died / broke the protocol."""
-
-
-@dataclass
-class SandboxConfig:
-    """Limits and isolation options of one interpreter (all PythonTool constructor args)."""
-
-    mode: str = "auto"  # "auto" | "bwrap" | "subprocess"
-    memory_mb: int = 2048  # RLIMIT_AS per process
-    cpu_time_s: int = 300  # RLIMIT_CPU per process (the wall-clock timeout is separate)
-    max_processes: int = 64  # RLIMIT_NPROC (per sandbox uid)
-    max_file_mb: int = 64  # RLIMIT_FSIZE
-    max_open_files: int = 256  # RLIMIT_NOFILE
-    tmpfs_mb: int = 256  # size of the private /tmp (bwrap only)
-    uid_base: int = 200_000  # sandbox uids are uid_base + [0, 65536) when the parent is root
-    scratch_root: str | None = None  # where per-interpreter scratch dirs go (default: tempdir)
-    max_output_chars: int = 4000
-    max_images_per_call: int = 8
-    min_pixels: int = 4096
-    max_pixels: int = 5120 * 32 * 32
-    capture_open_figures: bool = True
-    max_message_mb: int = 256
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-
 _uid_counter = itertools.count()
-_mode_cache: dict[str, tuple[str, str]] = {}
-_mode_lock = threading.Lock()
-_warned = False
 _live: weakref.WeakSet[Interpreter] = weakref.WeakSet()
+
+
+SCRATCH_PREFIX = "metis-py-"
+_swept: set[str] = set()
+
+
+def sweep_stale_scratch(root: str | None = None) -> int:
+    """Remove scratch dirs left by processes that died without cleaning up (SIGKILL); once per
+    root and process. Returns how many were removed."""
+    root = root or tempfile.gettempdir()
+    if root in _swept:
+        return 0
+    _swept.add(root)
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        owner = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not name.startswith(SCRATCH_PREFIX) or not owner.isdigit():
+            continue
+        try:
+            os.kill(int(owner), 0)
+            continue  # the owner is alive (or the pid was reused: leave it)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _next_uid(base: int) -> int:
     return base + ((os.getpid() % 1021) * 64 + next(_uid_counter) % 64) % 65536
-
-
-def _python_binds() -> tuple[str, list[str]]:
-    """(real interpreter path, host dirs to bind read-only at the same path)."""
-    exe = os.path.realpath(sys.executable)
-    dirs = [os.path.realpath(sys.base_prefix)]
-    cands = set(site.getsitepackages()) | {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
-    for path in sorted(cands):
-        real = os.path.realpath(path)
-        if os.path.isdir(real) and not any(real.startswith(d + os.sep) or real == d for d in dirs):
-            dirs.append(real)
-    if not any(exe.startswith(d + os.sep) for d in dirs):
-        dirs.append(os.path.dirname(exe))
-    return exe, [d for d in dirs if not (d == "/usr" or d.startswith("/usr/"))]
-
-
-def site_dirs() -> list[str]:
-    cands = set(site.getsitepackages()) | {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
-    return sorted({os.path.realpath(p) for p in cands if os.path.isdir(p)})
-
-
-def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg: SandboxConfig,
-                  as_root: bool) -> list[str]:
-    """The full bwrap argv running ``python worker.py <args>`` with ``scratch`` as /scratch."""
-    bwrap = shutil.which("bwrap") or "bwrap"
-    exe, binds = _python_binds()
-    cmd = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-           "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
-    if as_root:
-        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        cmd += ["--unshare-user"]
-    cmd += ["--ro-bind", "/usr", "/usr"]
-    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = "/" + top
-        if os.path.islink(path):
-            cmd += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            cmd += ["--ro-bind", path, path]
-    cmd += ["--perms", "0755", "--dir", "/etc",
-            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    made: set[str] = {"/", "/usr"}
-    for d in binds + [SANDBOX_WORKER]:  # world-traversable parents so the dropped uid gets through
-        parts = d.strip("/").split("/")
-        for i in range(1, len(parts)):
-            parent = "/" + "/".join(parts[:i])
-            if parent not in made:
-                made.add(parent)
-                cmd += ["--perms", "0755", "--dir", parent]
-    for d in binds:
-        cmd += ["--ro-bind", d, d]
-    cmd += ["--ro-bind", WORKER_PATH, SANDBOX_WORKER, "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp",
-            "--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--clearenv"]
-    for key, value in env.items():
-        cmd += ["--setenv", key, value]
-    return cmd + ["--", exe, "-s", "-B", SANDBOX_WORKER] + worker_args
-
-
-def sandbox_env(home: str, cfg: SandboxConfig, tmp: str = "/tmp") -> dict[str, str]:
-    env = {"HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin", "MPLBACKEND": "Agg",
-           "MPLCONFIGDIR": os.path.join(tmp, ".mpl"), "TMPDIR": tmp, "LANG": "C.UTF-8",
-           "PYTHONPATH": os.pathsep.join(site_dirs()), "PYTHONNOUSERSITE": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
-           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.update(cfg.extra_env)
-    return env
-
-
-def _probe_bwrap() -> str:
-    """'' when bwrap can start our interpreter here, else why not."""
-    if shutil.which("bwrap") is None:
-        return "bwrap is not installed (apt-get install bubblewrap)"
-    scratch = tempfile.mkdtemp(prefix="metis-probe-")
-    try:
-        cmd = bwrap_command(scratch, [], {}, SandboxConfig(), os.geteuid() == 0)
-        cmd = cmd[: cmd.index("--") + 2] + ["-c", "import os"]
-        res = subprocess.run(cmd, capture_output=True, timeout=30, env={})
-        return "" if res.returncode == 0 else res.stderr.decode(errors="replace").strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def resolve_mode(requested: str) -> str:
-    """'bwrap' or 'subprocess'; 'bwrap' that cannot run raises, 'auto' falls back loudly once."""
-    global _warned
-    if requested not in ("auto", "bwrap", "subprocess"):
-        raise ValueError(f"sandbox must be auto, bwrap or subprocess, not {requested!r}")
-    if requested == "subprocess":
-        return "subprocess"
-    with _mode_lock:
-        if "bwrap" not in _mode_cache:
-            _mode_cache["bwrap"] = ("", _probe_bwrap())
-        why = _mode_cache["bwrap"][1]
-    if not why:
-        return "bwrap"
-    if requested == "bwrap":
-        raise SandboxError(f"sandbox='bwrap' but bubblewrap cannot run here: {why}")
-    if not _warned:
-        _warned = True
-        msg = ("!!! METIS PYTHON TOOL IS NOT SANDBOXED: bubblewrap cannot run here (" + why +
-               "). Falling back to a plain subprocess with resource limits and a cleared env: "
-               "model code can read world-readable files and use the network. !!!")
-        log.warning(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    return "subprocess"
 
 
 def _fallback_preexec() -> None:
@@ -212,12 +103,12 @@ class Interpreter:
         self.cfg, self.mode = cfg, mode
         self.as_root = os.geteuid() == 0
         self.uid = _next_uid(cfg.uid_base) if self.as_root else None
-        self.scratch = tempfile.mkdtemp(prefix="metis-py-", dir=cfg.scratch_root)
+        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=cfg.scratch_root)
         if self.uid is not None:
             os.chown(self.scratch, self.uid, self.uid)
         # bwrap (caps dropped) must chdir into it as root; no other sandbox can see it there
         os.chmod(self.scratch, 0o711 if mode == "bwrap" else 0o700)
-        self._log = tempfile.NamedTemporaryFile(prefix="metis-py-log-", dir=cfg.scratch_root)
+        self._log = tempfile.TemporaryFile(dir=cfg.scratch_root)  # anonymous: never left behind
         wcfg = {k: v for k, v in asdict(cfg).items() if k not in ("extra_env", "scratch_root")}
         wcfg.update(uid=self.uid, gid=self.uid, parent_pid=None if mode == "bwrap" else os.getpid(),
                     guard=mode != "bwrap" and self.uid is not None)
@@ -231,9 +122,14 @@ class Interpreter:
             cmd = [os.path.realpath(sys.executable), "-s", "-B", WORKER_PATH] + args
             popen_env = sandbox_env(self.scratch, cfg, tmp=self.scratch)
             preexec = _fallback_preexec
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, env=popen_env, cwd=self.scratch,
-                                     preexec_fn=preexec, close_fds=True)
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._log, env=popen_env, cwd=self.scratch,
+                                         preexec_fn=preexec, close_fds=True)
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self._log.close()
+            raise
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self._in, False)
@@ -320,9 +216,10 @@ class Interpreter:
     def startup_log(self) -> str:
         """The tail of what the process wrote to stderr before the worker redirected it."""
         try:
-            with open(self._log.name, "rb") as fh:
-                return fh.read()[-2000:].decode("utf-8", "replace").strip()
-        except OSError:
+            fd = self._log.fileno()
+            size = os.fstat(fd).st_size
+            return os.pread(fd, 2000, max(0, size - 2000)).decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
             return ""
 
     def request(self, msg: dict, timeout: float,
@@ -353,6 +250,8 @@ class Interpreter:
         if self.dead:
             return
         self.dead = True
+        if self.mode == "bwrap" and self.proc.poll() is None:
+            _kill_bwrap_children(self.proc.pid)
         try:
             self.proc.kill()  # bwrap: its pid namespace (and every process in it) goes too
         except OSError:
@@ -374,6 +273,34 @@ class Interpreter:
         except OSError:
             pass
         _live.discard(self)
+
+
+def _kill_bwrap_children(pid: int) -> None:
+    """SIGKILL the sandbox's init before bwrap itself.
+
+    bwrap's pid-namespace init only arms PR_SET_PDEATHSIG after a set-up handshake with the
+    outer bwrap (an eventfd): killing the outer one inside that window leaves the init blocked
+    forever (seen here). So: stop the outer process (no further clone), kill its children, then
+    it.
+    """
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            if state in ("T", "t", "Z", "X"):
+                break
+            time.sleep(0.001)
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except (OSError, ValueError, IndexError):
+        return
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def kill_uid(uid: int) -> None:

@@ -1,0 +1,167 @@
+"""How the sandbox is built: limits (``SandboxConfig``), the bwrap command line, the minimal
+environment, and which mode runs here (``resolve_mode``). See ``sandbox.py`` for the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+log = logging.getLogger("metis.tools.sandbox")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER_PATH = os.path.join(_HERE, "_python_worker.py")
+PROTOCOL_PATH = os.path.join(_HERE, "_sandbox_protocol.py")
+SANDBOX_WORKER = "/opt/metis/worker.py"
+SANDBOX_PROTOCOL = "/opt/metis/_sandbox_protocol.py"
+SANDBOX_SCRATCH = "/scratch"
+
+
+class SandboxError(RuntimeError):
+    """The interpreter could not be started or died / broke the protocol."""
+
+
+@dataclass
+class SandboxConfig:
+    """Limits and isolation options of one interpreter (all PythonTool constructor args)."""
+
+    mode: str = "auto"  # "auto" | "bwrap" | "subprocess"
+    memory_mb: int = 2048  # RLIMIT_AS per process
+    cpu_time_s: int = 300  # RLIMIT_CPU per process (the wall-clock timeout is separate)
+    max_processes: int = 64  # RLIMIT_NPROC (per sandbox uid)
+    max_file_mb: int = 64  # RLIMIT_FSIZE
+    max_open_files: int = 256  # RLIMIT_NOFILE
+    tmpfs_mb: int = 256  # size of the private /tmp (bwrap only)
+    uid_base: int = 200_000  # sandbox uids are uid_base + [0, 65536) when the parent is root
+    scratch_root: str | None = None  # where per-interpreter scratch dirs go (default: tempdir)
+    max_output_chars: int = 4000
+    max_images_per_call: int = 8
+    min_pixels: int = 4096
+    max_pixels: int = 5120 * 32 * 32
+    capture_open_figures: bool = True
+    max_message_mb: int = 256
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+_mode_cache: dict[str, tuple[str, str]] = {}
+_mode_lock = threading.Lock()
+_warned = False
+
+
+def _python_binds() -> tuple[str, list[str]]:
+    """(real interpreter path, host dirs to bind read-only at the same path)."""
+    exe = os.path.realpath(sys.executable)
+    dirs = [os.path.realpath(sys.base_prefix)]
+    cands = set(site.getsitepackages()) | {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    for path in sorted(cands):
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and not any(real.startswith(d + os.sep) or real == d for d in dirs):
+            dirs.append(real)
+    if not any(exe.startswith(d + os.sep) for d in dirs):
+        dirs.append(os.path.dirname(exe))
+    return exe, [d for d in dirs if not (d == "/usr" or d.startswith("/usr/"))]
+
+
+def site_dirs() -> list[str]:
+    cands = set(site.getsitepackages()) | {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    return sorted({os.path.realpath(p) for p in cands if os.path.isdir(p)})
+
+
+def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg: SandboxConfig,
+                  as_root: bool) -> list[str]:
+    """The full bwrap argv running ``python worker.py <args>`` with ``scratch`` as /scratch."""
+    bwrap = shutil.which("bwrap") or "bwrap"
+    exe, binds = _python_binds()
+    cmd = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+           "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if as_root:
+        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        cmd += ["--unshare-user"]
+    cmd += ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = "/" + top
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+    cmd += ["--perms", "0755", "--dir", "/etc",
+            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+            "--ro-bind-try", "/etc/fonts", "/etc/fonts"]
+    made: set[str] = {"/", "/usr"}
+    for d in binds + [SANDBOX_WORKER]:  # world-traversable parents so the dropped uid gets through
+        parts = d.strip("/").split("/")
+        for i in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:i])
+            if parent not in made:
+                made.add(parent)
+                cmd += ["--perms", "0755", "--dir", parent]
+    for d in binds:
+        cmd += ["--ro-bind", d, d]
+    cmd += ["--ro-bind", WORKER_PATH, SANDBOX_WORKER, "--ro-bind", PROTOCOL_PATH, SANDBOX_PROTOCOL,
+            "--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp",
+            "--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--clearenv"]
+    for key, value in env.items():
+        cmd += ["--setenv", key, value]
+    return cmd + ["--", exe, "-s", "-B", SANDBOX_WORKER] + worker_args
+
+
+def sandbox_env(home: str, cfg: SandboxConfig, tmp: str = "/tmp") -> dict[str, str]:
+    env = {"HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin", "MPLBACKEND": "Agg",
+           "MPLCONFIGDIR": os.path.join(tmp, ".mpl"), "XDG_CACHE_HOME": os.path.join(tmp, ".cache"),
+           "TMPDIR": tmp, "LANG": "C.UTF-8",
+           "PYTHONPATH": os.pathsep.join(site_dirs()), "PYTHONNOUSERSITE": "1",
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.update(cfg.extra_env)
+    return env
+
+
+def _probe_bwrap() -> str:
+    """'' when bwrap can start our interpreter here, else why not."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed (apt-get install bubblewrap)"
+    scratch = tempfile.mkdtemp(prefix="metis-probe-")
+    try:
+        cmd = bwrap_command(scratch, [], {}, SandboxConfig(), os.geteuid() == 0)
+        cmd = cmd[: cmd.index("--") + 2] + ["-c", "import os"]
+        res = subprocess.run(cmd, capture_output=True, timeout=30, env={})
+        return "" if res.returncode == 0 else res.stderr.decode(errors="replace").strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def resolve_mode(requested: str) -> str:
+    """'bwrap' or 'subprocess'; 'bwrap' that cannot run raises, 'auto' falls back loudly once."""
+    global _warned
+    if requested not in ("auto", "bwrap", "subprocess"):
+        raise ValueError(f"sandbox must be auto, bwrap or subprocess, not {requested!r}")
+    if requested == "subprocess":
+        return "subprocess"
+    with _mode_lock:
+        if "bwrap" not in _mode_cache:
+            _mode_cache["bwrap"] = ("", _probe_bwrap())
+        why = _mode_cache["bwrap"][1]
+    if not why:
+        return "bwrap"
+    if requested == "bwrap":
+        raise SandboxError(f"sandbox='bwrap' but bubblewrap cannot run here: {why}")
+    if not _warned:
+        _warned = True
+        msg = ("!!! METIS PYTHON TOOL IS NOT SANDBOXED: bubblewrap cannot run here (" + why +
+               "). Falling back to a plain subprocess with resource limits and a cleared env: "
+               "model code can read world-readable files and use the network. !!!")
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    return "subprocess"
