@@ -12,13 +12,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from metis.utils.run import finish_run, prepare_run
+from metis.utils.run import dry_run, finish_run, prepare_run
 
 log = logging.getLogger("metis.train")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build every part from ``cfg`` and fit; returns the final logged metrics."""
+    if cfg.get("dry_run"):
+        return dry_run(cfg)
     run = prepare_run(cfg)
     model, processor = hydra.utils.instantiate(cfg.model)
     datamodule = hydra.utils.instantiate(cfg.data, processor=processor)

@@ -62,15 +62,12 @@ def open_image(obj: Any, image_root: str | Path | None = None, full_decode: bool
         if obj.startswith("data:image"):
             obj = obj.split(",", 1)[-1]
         path = Path(image_root, obj) if image_root is not None and not os.path.isabs(obj) else Path(obj)
-        if len(obj) < 4096 and path.is_file():
+        if _is_file(path):
             data = path.read_bytes()
-        elif len(obj) > 256:  # base64 (Thyme stores images so on the hub)
-            try:
-                data = base64.b64decode(obj, validate=False)
-            except (binascii.Error, ValueError) as err:
-                raise BadRecord("corrupt_image", f"bad base64 ({err})") from None
-        else:
-            raise BadRecord("missing_image", f"no image file {path}")
+        else:  # base64 (Thyme stores images so on the hub), else a missing file
+            data = _b64(obj)
+            if data is None:
+                raise BadRecord("missing_image", f"no image file {str(path)[:200]}")
     if data is None:
         raise BadRecord("missing_image", f"cannot read an image from {type(obj).__name__}")
     try:
@@ -80,6 +77,23 @@ def open_image(obj: Any, image_root: str | Path | None = None, full_decode: bool
         return img
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds for broken files
         raise BadRecord("corrupt_image", f"{type(err).__name__}: {str(err)[:120]}") from None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return len(str(path)) < 4096 and path.is_file()
+    except OSError:  # e.g. a base64 string taken for a (too long) file name
+        return False
+
+
+def _b64(text: str) -> bytes | None:
+    compact = "".join(text.split())
+    if len(compact) < 64:
+        return None
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def split_placeholders(text: str) -> list[dict[str, Any]]:

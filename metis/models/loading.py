@@ -70,6 +70,9 @@ def build_policy(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
+    lora: dict[str, Any] | None = None,
+    quantization: str | None = None,
+    freeze_vision: bool = False,
 ):
     """Return ``(model, processor)``.
 
@@ -79,6 +82,11 @@ def build_policy(
         tiny: overrides of :data:`metis.models.tiny.TINY_DEFAULTS`.
         init_from: a directory saved by Metis (SFT output, merged HF dir) whose weights replace
             the base weights; the processor still comes from the base.
+        lora: PEFT LoRA on the language model (``{r, alpha, dropout, target_modules}``); the base
+            with the adapter disabled is then the reference policy (no second copy of the weights).
+        quantization: ``"4bit"`` (QLoRA, NF4) or ``"8bit"`` base weights through bitsandbytes
+            (GPU only; needs ``lora``).
+        freeze_vision: keep the vision tower's weights fixed.
     """
     if name_or_path is None:
         if tiny is None:
@@ -87,12 +95,53 @@ def build_policy(
     attn = pick_attention(attn_implementation, device)
     torch_dtype = pick_dtype(dtype)
     weights = init_from or name_or_path
-    model = Qwen3VLForConditionalGeneration.from_pretrained(weights, dtype=torch_dtype, attn_implementation=attn)
+    extra: dict[str, Any] = {}
+    if quantization is not None:
+        extra["quantization_config"] = quantization_config(quantization, torch_dtype, lora)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(weights, dtype=torch_dtype, attn_implementation=attn,
+                                                            **extra)
     model.train()  # from_pretrained returns eval mode and Lightning leaves it so
+    if freeze_vision:
+        for p in model.model.visual.parameters():
+            p.requires_grad_(False)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if lora:
+        model = apply_lora(model, **dict(lora))
     processor = load_processor(name_or_path, min_pixels, max_pixels)
     log.info("policy %s: %.1fM parameters, %s, attention=%s", weights,
              sum(p.numel() for p in model.parameters()) / 1e6, torch_dtype, attn)
     return model, processor
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype, lora: dict | None):
+    """bitsandbytes 4-bit (NF4, double quant) or 8-bit base weights; only with LoRA, only on CUDA."""
+    if kind not in ("4bit", "8bit"):
+        raise ValueError(f"model.quantization must be 4bit, 8bit or null, got {kind!r}")
+    if not lora:
+        raise ValueError("model.quantization needs model.lora: quantized base weights cannot be trained directly")
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.quantization (bitsandbytes) needs a CUDA GPU; drop it on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("model.quantization needs bitsandbytes: pip install -e '.[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+               target_modules: list[str] | str = "language-model-linear"):
+    """Wrap ``model`` with a PEFT LoRA adapter on the language model's projections."""
+    from peft import LoraConfig, get_peft_model
+
+    if target_modules == "language-model-linear":
+        # attention and MLP projections of the text decoder only (module names start with model.language_model)
+        target_modules = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    return peft_model

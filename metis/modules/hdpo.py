@@ -7,6 +7,7 @@ from :mod:`metis.rl` (the scheme and objective are picked by Hydra), rollouts fr
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -44,6 +45,7 @@ class HDPOModule(L.LightningModule):
             add up exactly to the mini-batch gradient (see ``PolicyObjective.denominators``).
         rollout_log_dir: where each step's trajectories are appended as JSON lines (None: off).
         cpu_offload: with FSDP2, keep sharded parameters and optimizer state in CPU memory.
+        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, 8-bit states).
         grad_cosine_every: every N RL steps, log the cosine between the gradients of the first two
             loss channels (HDPO: accuracy vs tool), at the cost of two extra backward passes.
     """
@@ -53,7 +55,7 @@ class HDPOModule(L.LightningModule):
                  micro_batch_size: int = 16, lr: float = 1e-6, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float = 1.0, warmup_steps: int = 0,
                  rollout_log_dir: str | None = None, val_group_size: int = 1, grad_cosine_every: int = 0,
-                 cpu_offload: bool = False) -> None:
+                 cpu_offload: bool = False, optimizer: str = "adamw") -> None:
         super().__init__()
         if group_size < 1 or ppo_epochs < 1:
             raise ValueError("module.group_size and module.ppo_epochs must be >= 1")
@@ -68,9 +70,12 @@ class HDPOModule(L.LightningModule):
         self.grad_cosine_every, self.cpu_offload = grad_cosine_every, cpu_offload
         self.rollout_log_dir = Path(rollout_log_dir) if rollout_log_dir else None
         self.pad_id = processor.tokenizer.pad_token_id or 0
-        if objective.kl_coef > 0:
-            raise ValueError("loss.kl_coef > 0 needs a reference policy; this module has none yet "
-                             "(the paper uses no KL term: keep loss.kl_coef=0)")
+        if objective.kl_coef > 0 and not hasattr(model, "disable_adapter"):
+            raise ValueError("loss.kl_coef > 0 needs a reference policy: use LoRA (model.lora=...), whose base "
+                             "with the adapter disabled is the reference; the paper uses no KL term (kl_coef=0)")
+        if optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"module.optimizer must be adamw or adamw8bit, got {optimizer!r}")
+        self.optimizer_name = optimizer
         self.automatic_optimization = False
         self.rl_step = 0
         self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective"])
@@ -86,7 +91,12 @@ class HDPOModule(L.LightningModule):
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        if self.optimizer_name == "adamw8bit":
+            import bitsandbytes as bnb  # optional extra: pip install -e '.[quant]'
+
+            opt = bnb.optim.AdamW8bit(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         warmup = max(self.warmup_steps, 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -128,9 +138,13 @@ class HDPOModule(L.LightningModule):
             logp, entropy = response_logprobs(self.model, sub, self.pad_id,
                                               with_entropy=self.objective.entropy_coef > 0)
             width = logp.shape[1]
+            ref = None
+            if self.objective.kl_coef > 0:  # the LoRA base, adapter disabled, is the reference policy
+                with torch.no_grad(), self.model.disable_adapter():
+                    ref, _ = response_logprobs(self.model, sub, self.pad_id)
             loss, metrics = self.objective(logp, old_logprobs[rows, :width].to(self.device),
                                            mask[rows, :width], result, rollout_index=rows, entropy=entropy,
-                                           denominators=den)
+                                           denominators=den, ref_logprobs=ref)
             if backward:
                 self.manual_backward(loss)
             for k, v in metrics.items():  # losses/token counts add up; ratios are averaged below
@@ -243,8 +257,11 @@ class HDPOModule(L.LightningModule):
             set_rng_state(state["rng"])
 
     def export_pretrained(self, path: Path) -> None:
-        """Save the policy as a Hugging Face directory (usable as ``model.init_from``)."""
-        self.model.save_pretrained(path)
+        """Save the policy as a Hugging Face directory (usable as ``model.init_from``); LoRA is merged."""
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
         self.processor.save_pretrained(path)
 
     def teardown(self, stage: str) -> None:

@@ -8,7 +8,7 @@ Summary per scheme (mean ± std over seeds):
   over the seeds that reach it (`reached` counts them; the others are left out of the mean);
 - `peak_rho_Q`, `t_peak_rho_Q`: the maximum of the `smooth`-step moving average of rho_Q and its step;
 - `t50_acc`, `t50_rho_Q`: the first step at which the metric has covered half of its rise from its
-  start (rho_Q: mean of updates 1..`smooth`) to its maximum (after a `smooth`-step moving average);
+  start (rho_Q: mean of updates 1..`smooth`, searched from step `smooth` on) to its maximum (after a `smooth`-step moving average);
   NaN when it never rises by more than 0.05. t50_rho_Q > t50_acc reads "efficiency after accuracy".
 
 Deliberate simplifications: the curriculum lag is a crude t50 comparison, not a cross-correlation.
@@ -55,15 +55,17 @@ def first_step_below(x: np.ndarray, thr: float) -> np.ndarray:
 def t_half_rise(x: np.ndarray, smooth: int, start_window: int | None = None) -> np.ndarray:
     """Per seed: first step at which the smoothed curve covers half its rise from start to max."""
     xs = moving_average(x, smooth)
-    if start_window:
+    first = 0
+    if start_window:  # sampled metric: start = mean of updates 1..w, search from there on
+        first = start_window
         x0 = np.nanmean(x[1:1 + start_window], axis=0)
     else:
         x0 = x[0]
-    peak = np.nanmax(xs, axis=0)
+    peak = np.nanmax(xs[first:], axis=0)
     out = np.full(x.shape[1], np.nan)
     for s in range(x.shape[1]):
         if peak[s] - x0[s] > 0.05:
-            out[s] = float(np.argmax(xs[:, s] >= x0[s] + 0.5 * (peak[s] - x0[s])))
+            out[s] = float(first + np.argmax(xs[first:, s] >= x0[s] + 0.5 * (peak[s] - x0[s])))
     return out
 
 
@@ -163,9 +165,15 @@ def plot_curves(histories: Sequence[History], path: Path, title: str = "", smoot
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
-    cmap = plt.get_cmap("tab10" if len(histories) <= 10 else "tab20")
-    for i, h in enumerate(histories):
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True)
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+    bases = list(dict.fromkeys(h.label.split("(")[0] for h in histories))
+    seen: dict[str, int] = {}
+    for h in histories:
+        base = h.label.split("(")[0]
+        color = palette[bases.index(base) % len(palette)]
+        style = ("-", "--", ":", "-.")[seen.get(base, 0) % 4]  # variants of a scheme: same colour, new dash
+        seen[base] = seen.get(base, 0) + 1
         for ax, (key, name) in zip(axes.flat, MAIN_CURVES):
             x = h.metrics[key]
             if key == "rho_Q":
@@ -174,8 +182,8 @@ def plot_curves(histories: Sequence[History], path: Path, title: str = "", smoot
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mu, sd = np.nanmean(x, axis=1), np.nanstd(x, axis=1)
             steps = np.arange(x.shape[0])
-            ax.plot(steps, mu, color=cmap(i), lw=1.4, label=h.label)
-            ax.fill_between(steps, mu - sd, mu + sd, color=cmap(i), alpha=0.15, lw=0)
+            ax.plot(steps, mu, color=color, ls=style, lw=1.5, label=h.label)
+            ax.fill_between(steps, mu - sd, mu + sd, color=color, alpha=0.12, lw=0)
             ax.set_title(name if key != "rho_Q" else f"{name} ({smooth} steps)", fontsize=10)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
@@ -183,10 +191,11 @@ def plot_curves(histories: Sequence[History], path: Path, title: str = "", smoot
         axes[0, 0].axhline(histories[0].optimal_accuracy, color="k", ls=":", lw=1, label="best policy (final p)")
     for ax in axes[1]:
         ax.set_xlabel("update step")
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     n = len(histories[0].seeds) if histories else 0
     fig.suptitle(f"{title}  (mean ± std over {n} seeds)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

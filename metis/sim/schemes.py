@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from metis.rl.advantages import ADVANTAGE_ESTIMATORS
@@ -47,7 +48,10 @@ def _build(entry: str | Mapping[str, Any], conf_dir: Path) -> RewardScheme:
     base = OmegaConf.load(path) if path.exists() else OmegaConf.create(
         {"_target_": "metis.rl.scheme.RewardScheme", "name": spec["name"]})
     merged = OmegaConf.merge(base, OmegaConf.create(spec))
-    scheme = hydra.utils.instantiate(merged)
+    try:
+        scheme = hydra.utils.instantiate(merged)
+    except InstantiationException as e:  # surface the scheme's own ValueError (it names the key)
+        raise ValueError(f"reward scheme entry {spec}: {e.__cause__ or e}") from e
     if not isinstance(scheme, RewardScheme):
         raise TypeError(f"conf/reward/{spec['name']}.yaml does not build a RewardScheme")
     return scheme

@@ -84,6 +84,24 @@ def prepare_run(cfg: DictConfig) -> Run:
     return Run(cfg=cfg, output_dir=output_dir, ckpt_path=ckpt_path)
 
 
+def dry_run(cfg: DictConfig) -> dict[str, float]:
+    """Validate a config without hardware or weights: resolve it, check values, build the cheap parts."""
+    import hydra
+
+    validate_config(cfg, check_hardware=False)
+    OmegaConf.resolve(cfg)
+    built = []
+    for key in ("reward", "loss"):
+        if cfg.get(key) is not None:
+            hydra.utils.instantiate(cfg[key])
+            built.append(key)
+    if cfg.get("rollout") is not None:
+        hydra.utils.instantiate(cfg.rollout.loop)
+        built.append("rollout.loop")
+    print(f"config OK: {cfg.get('experiment_name')} (built {', '.join(built)}; model, data and trainer not built)")
+    return {}
+
+
 def finish_run(run: Run, trainer, module) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.global_rank != 0:

@@ -47,3 +47,23 @@ def test_cli_prints_full_8b_config_without_gpu():
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = OmegaConf.create(out.stdout)
     assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and cfg.trainer.accelerator == "gpu"
+
+
+@pytest.mark.parametrize("experiment", ["hdpo_8b", "hdpo_8b_lora"])
+def test_8b_experiments_validate_without_gpu(experiment):
+    out = subprocess.run([sys.executable, "-m", "metis.train", f"experiment={experiment}", "dry_run=true"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"config OK: {experiment}" in out.stdout
+
+
+def test_bad_config_fails_at_startup_naming_the_key():
+    out = subprocess.run([sys.executable, "-m", "metis.train", "reward.w_tool=-1", "dry_run=true"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "w_tool" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "metis.train", "reward=grpo", "+reward.alpha=0.5", "dry_run=true"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "alpha" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "metis.train", "rollout.n=0", "dry_run=true"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "rollout.n" in out.stderr
