@@ -112,7 +112,7 @@ def _frac_groups(values: Tensor, group_ids: Tensor, pred: str) -> float:
 
 # ----------------------------------------------------------------------------- parameter checks
 _NONNEG = {"w_acc", "w_tool", "alpha", "lam", "ans_weight", "fmt_weight", "bonus_weight", "beta"}
-_BOOL = {"normalize_std", "condition_tool_on_correct"}
+_BOOL = {"normalize_std", "condition_tool_on_correct", "tool_term_nonzero_only"}
 _CHOICES: dict[str, tuple[str, ...]] = {"eligible": ELIGIBLE, "tool_reward_shape": TOOL_REWARD_SHAPES}
 
 
@@ -222,10 +222,12 @@ _COMMON = dict(ans_weight=0.9, fmt_weight=0.1, normalize_std=True, eps=1e-6)
 
 # ----------------------------------------------------------------------------- schemes
 @_estimator(
-    "hdpo", w_acc=1.0, w_tool=0.15, eligible="correct", tool_reward_shape="inverse", beta=0.5, **_COMMON
+    "hdpo", w_acc=1.0, w_tool=0.15, eligible="correct", tool_reward_shape="inverse", beta=0.5,
+    tool_term_nonzero_only=True, **_COMMON
 )
 def hdpo(scores: RolloutScores, *, w_acc: float, w_tool: float, eligible: str, tool_reward_shape: str,
-         beta: float, ans_weight: float, fmt_weight: float, normalize_std: bool, eps: float) -> AdvantageResult:
+         beta: float, tool_term_nonzero_only: bool, ans_weight: float, fmt_weight: float, normalize_std: bool,
+         eps: float) -> AdvantageResult:
     """Two channels: accuracy GRPO over the group, tool GRPO over the eligible correct subset Q.
 
     eligible="correct" (default; what the paper's code does): Q = every correct rollout, tool
@@ -233,6 +235,11 @@ def hdpo(scores: RolloutScores, *, w_acc: float, w_tool: float, eligible: str, t
     advantage. eligible="correct_and_used_tools" (what the paper's code comment says): Q =
     correct rollouts with T > 0; correct no-tool rollouts are outside Q and get no efficiency
     advantage, so the channel only ranks tool users against each other.
+
+    tool_term_nonzero_only=True (REFERENCE.md): the tool loss is averaged over the tokens of
+    rollouts with A_tool != 0 only, which scales its weight by about 1/rho_Q; False averages it
+    over all rollouts like the accuracy term (the scheme simulator's ablation, see
+    experiments/simulator/README.md).
     """
     rewards = _base_rewards(scores, ans_weight, fmt_weight)
     correct = scores.r_ans > 0
@@ -241,7 +248,7 @@ def hdpo(scores: RolloutScores, *, w_acc: float, w_tool: float, eligible: str, t
     acc, tool = hdpo_advantages(rewards["r_acc"], rewards["r_tool"], q, scores.group_ids, eps, normalize_std)
     channels = [
         AdvantageChannel("acc", acc, w_acc),
-        AdvantageChannel("tool", tool, w_tool, nonzero_only=True),
+        AdvantageChannel("tool", tool, w_tool, nonzero_only=tool_term_nonzero_only),
     ]
     return _result(scores, channels, rewards, rewards["r_acc"], tool)
 

@@ -61,8 +61,12 @@ def t_half_rise(x: np.ndarray, smooth: int, start_window: int | None = None) -> 
         x0 = np.nanmean(x[1:1 + start_window], axis=0)
     else:
         x0 = x[0]
-    peak = np.nanmax(xs[first:], axis=0)
     out = np.full(x.shape[1], np.nan)
+    if first >= x.shape[0] or np.isnan(xs[first:]).all():
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        peak = np.nanmax(xs[first:], axis=0)
     for s in range(x.shape[1]):
         if peak[s] - x0[s] > 0.05:
             out[s] = float(first + np.argmax(xs[first:, s] >= x0[s] + 0.5 * (peak[s] - x0[s])))
@@ -79,28 +83,34 @@ def _ms(v: np.ndarray) -> tuple[float, float]:
 def summarize(histories: Sequence[History], threshold: float = 0.1, tail: int = 10, smooth: int = 10) -> pd.DataFrame:
     """One row per scheme; numeric columns `<metric>` (mean) and `<metric>_std`."""
     rows = []
-    for h in histories:
-        m = h.metrics
-        row: dict[str, Any] = {"scheme": h.label, "seeds": len(h.seeds), "steps": m["accuracy"].shape[0] - 1}
-        final_keys = [k for k in m if k not in ("rho_Q", "frac_reward_zero_std", "efficiency_active_groups",
-                                                "frac_correct", "mean_tool_calls")]
-        for k in final_keys:
-            row[k], row[f"{k}_std"] = _ms(m[k][-1])
-        row["rho_Q_first"], row["rho_Q_first_std"] = _ms(np.nanmean(m["rho_Q"][1:1 + tail], axis=0))
-        row["rho_Q"], row["rho_Q_std"] = _ms(np.nanmean(m["rho_Q"][-tail:], axis=0))
-        row["frac_reward_zero_std"], row["frac_reward_zero_std_std"] = _ms(np.nanmean(m["frac_reward_zero_std"][-tail:], axis=0))
-        below = first_step_below(m["unnecessary_tool_rate"], threshold)
-        row["step_unnec_below"], row["step_unnec_below_std"] = _ms(below)
-        row["reached"] = int((~np.isnan(below)).sum())
-        row["t50_acc"], row["t50_acc_std"] = _ms(t_half_rise(m["accuracy"], smooth))
-        row["t50_rho_Q"], row["t50_rho_Q_std"] = _ms(t_half_rise(m["rho_Q"], smooth, start_window=smooth))
-        rq = moving_average(m["rho_Q"], smooth)
-        peak = np.where(np.isnan(rq).all(axis=0), np.nan, np.nanargmax(np.nan_to_num(rq, nan=-1.0), axis=0))
-        row["peak_rho_Q"], row["peak_rho_Q_std"] = _ms(np.nanmax(rq, axis=0))
-        row["t_peak_rho_Q"], row["t_peak_rho_Q_std"] = _ms(peak.astype(np.float64))
-        row["optimal_accuracy"] = h.optimal_accuracy
-        rows.append(row)
+    with warnings.catch_warnings():  # all-NaN columns (a seed without a sampled value) give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for h in histories:
+            rows.append(_summary_row(h, threshold, tail, smooth))
     return pd.DataFrame(rows)
+
+
+def _summary_row(h: History, threshold: float, tail: int, smooth: int) -> dict[str, Any]:
+    m = h.metrics
+    row: dict[str, Any] = {"scheme": h.label, "seeds": len(h.seeds), "steps": m["accuracy"].shape[0] - 1}
+    final_keys = [k for k in m if k not in ("rho_Q", "frac_reward_zero_std", "efficiency_active_groups",
+                                            "frac_correct", "mean_tool_calls")]
+    for k in final_keys:
+        row[k], row[f"{k}_std"] = _ms(m[k][-1])
+    row["rho_Q_first"], row["rho_Q_first_std"] = _ms(np.nanmean(m["rho_Q"][1:1 + tail], axis=0))
+    row["rho_Q"], row["rho_Q_std"] = _ms(np.nanmean(m["rho_Q"][-tail:], axis=0))
+    row["frac_reward_zero_std"], row["frac_reward_zero_std_std"] = _ms(np.nanmean(m["frac_reward_zero_std"][-tail:], axis=0))
+    below = first_step_below(m["unnecessary_tool_rate"], threshold)
+    row["step_unnec_below"], row["step_unnec_below_std"] = _ms(below)
+    row["reached"] = int((~np.isnan(below)).sum())
+    row["t50_acc"], row["t50_acc_std"] = _ms(t_half_rise(m["accuracy"], smooth))
+    row["t50_rho_Q"], row["t50_rho_Q_std"] = _ms(t_half_rise(m["rho_Q"], smooth, start_window=smooth))
+    rq = moving_average(m["rho_Q"], smooth)
+    peak = np.where(np.isnan(rq).all(axis=0), np.nan, np.nanargmax(np.nan_to_num(rq, nan=-1.0), axis=0))
+    row["peak_rho_Q"], row["peak_rho_Q_std"] = _ms(np.nanmax(rq, axis=0))
+    row["t_peak_rho_Q"], row["t_peak_rho_Q_std"] = _ms(peak.astype(np.float64))
+    row["optimal_accuracy"] = h.optimal_accuracy
+    return row
 
 
 def _nanmean_rows(x: np.ndarray) -> np.ndarray:

@@ -198,3 +198,17 @@ def test_loss_configs(stem, clip_high, agg):
     assert d["clip_low"] == 0.2 and d["kl_coef"] == 0.0 and d["entropy_coef"] == 0.0
     raw = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
     assert raw == d
+
+
+def test_hdpo_tool_term_averaging_switch():
+    import torch
+
+    from metis.rl.scheme import RewardScheme
+    from metis.rl.types import RolloutScores
+
+    scores = RolloutScores(r_ans=torch.tensor([1.0, 1.0, 0.0, 0.0]), r_fmt=torch.ones(4),
+                           num_tool_calls=torch.tensor([0, 2, 1, 0]), group_ids=torch.zeros(4, dtype=torch.long))
+    paper = RewardScheme("hdpo").compute(scores).channels[1]
+    ablation = RewardScheme("hdpo", tool_term_nonzero_only=False).compute(scores).channels[1]
+    assert paper.nonzero_only and not ablation.nonzero_only
+    assert torch.equal(paper.advantages, ablation.advantages)
