@@ -161,7 +161,7 @@ def test_describe():
     d = RewardScheme("hdpo", w_tool=0.1).describe()
     assert d == {
         "name": "hdpo", "w_acc": 1.0, "w_tool": 0.1, "eligible": "correct", "tool_reward_shape": "inverse",
-        "beta": 0.5, "ans_weight": 0.9, "fmt_weight": 0.1, "normalize_std": True, "eps": 1e-6,
+        "beta": 0.5, "ans_weight": 0.9, "fmt_weight": 0.1, "normalize_std": True, "eps": 1e-6, "tool_term_nonzero_only": True,
     }
 
 
