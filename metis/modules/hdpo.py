@@ -7,7 +7,6 @@ from :mod:`metis.rl` (the scheme and objective are picked by Hydra), rollouts fr
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -23,7 +22,7 @@ from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.trajectory import Trajectory
 from metis.data.task import Task
 from metis.agent.metrics import engine_logprob_gap, rollout_metrics
-from metis.modules.sharding import apply_fsdp2, gathered, is_sharded
+from metis.modules.sharding import apply_fsdp2, export_policy, gathered, is_sharded
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
@@ -257,12 +256,11 @@ class HDPOModule(L.LightningModule):
             set_rng_state(state["rng"])
 
     def export_pretrained(self, path: Path) -> None:
-        """Save the policy as a Hugging Face directory (usable as ``model.init_from``); LoRA is merged."""
-        model = self.model
-        if hasattr(model, "merge_and_unload"):
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(path)
-        self.processor.save_pretrained(path)
+        """Save the policy as a Hugging Face directory (usable as ``model.init_from``); LoRA is merged.
+
+        Call on every rank: FSDP2 shards are gathered (a collective), rank 0 writes.
+        """
+        export_policy(self.model, self.processor, path, is_writer=self.trainer.global_rank == 0)
 
     def teardown(self, stage: str) -> None:
         self.toolbox.close()

@@ -4,14 +4,18 @@ The loss is the token-mean cross-entropy over labelled (assistant) tokens of the
 hidden states at labelled positions go through the LM head (in float32), so the vocabulary-sized
 logits of system, user, image and observation tokens are never materialised.
 
-Deliberate simplifications: one optimiser group (no separate LR for the vision tower); LoRA wraps
-only the language model's linear layers (attention and MLP); ``export_pretrained`` merges LoRA in
-place (it is meant to run once, after ``fit``); under a sharded strategy the full state dict is
-gathered on every rank at the end of training (``on_train_end``) and written by rank 0.
+Under ``ModelParallelStrategy`` the model is sharded with FSDP2 (:mod:`metis.modules.sharding`);
+the full state dict is gathered on every rank at the end of training (``on_train_end``, a
+collective) and written by rank 0 in ``export_pretrained``.
+
+Deliberate simplifications: one LR for all trainable weights (no separate vision LR); LoRA wraps
+only the language model's linear layers (attention and MLP) and is not combined with FSDP2 (the
+merged export would need whole weights); the export merges LoRA into a copy of the model.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -21,10 +25,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+import transformers.modeling_utils as hf_modeling
+
+from metis.modules.sharding import apply_fsdp2, is_sharded
 
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# transformers >= 5.2x accepts a boolean [B, L] ``logits_to_keep`` (per-row positions)
+_BOOL_LOGITS_TO_KEEP = hasattr(hf_modeling, "slice_logits_to_keep")
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 
 
@@ -69,17 +78,20 @@ class SFTModule(L.LightningModule):
         super().__init__()
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"module.scheduler must be cosine or constant, got {scheduler!r}")
+        if lora:
+            if hasattr(model, "peft_config"):
+                raise ValueError("the policy already carries LoRA adapters (model.lora): leave module.lora null")
+            model = apply_lora(model, lora)
+        core = model.get_base_model() if hasattr(model, "peft_config") else model
         if freeze_vision:
-            for p in model.model.visual.parameters():
+            for p in core.model.visual.parameters():
                 p.requires_grad_(False)
         if gradient_checkpointing:
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-                model.activation_checkpointing_enable({"use_reentrant": False})
+            if hasattr(core, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                core.activation_checkpointing_enable({"use_reentrant": False})
             else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        if lora:
-            model = apply_lora(model, lora)
+                core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            core.config.use_cache = False
         self.model, self.processor = model, processor
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.max_steps, self.min_lr_ratio = warmup_steps, max_steps, min_lr_ratio
@@ -100,19 +112,30 @@ class SFTModule(L.LightningModule):
 
     # ---- loss ----------------------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Token-mean cross-entropy over labelled tokens, and the number of labelled tokens."""
-        core = self.core()
+        """Token-mean cross-entropy over labelled tokens, and the number of labelled tokens.
+
+        Goes through the model's own forward (FSDP2 hooks live there) with ``logits_to_keep``
+        selecting the positions whose next token is labelled, so only those reach the LM head.
+        """
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(next(core.parameters()).dtype)
-        hidden = core.model(**inputs, use_cache=False).last_hidden_state[:, :-1]
-        targets = batch["labels"][:, 1:]
+            inputs["pixel_values"] = inputs["pixel_values"].to(next(self.core().parameters()).dtype)
+        labels = batch["labels"]
+        targets = torch.full_like(labels, -100)
+        targets[:, :-1] = labels[:, 1:]  # position t predicts token t + 1
         keep = targets != -100
         n = int(keep.sum())
+        if _BOOL_LOGITS_TO_KEEP:  # per-row positions, flattened: logits [n, V]
+            logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
+            flat_targets = targets[keep]
+        else:  # older transformers: the union of positions over the batch, logits [B, K, V]
+            idx = keep.any(0).nonzero().squeeze(1)
+            logits = self.model(**inputs, logits_to_keep=idx, use_cache=False).logits
+            sub = targets[:, idx]
+            logits, flat_targets = logits[sub != -100], sub[sub != -100]
         if n == 0:
-            return hidden.sum() * 0.0, 0
-        logits = core.lm_head(hidden[keep]).float()
-        return F.cross_entropy(logits, targets[keep]), n
+            return logits.sum() * 0.0, 0
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat_targets), n
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         if not batch:
@@ -160,49 +183,43 @@ class SFTModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # ---- distribution ------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """FSDP2 (one unit per decoder layer / vision block) under ``ModelParallelStrategy``."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None or is_sharded(self.model):
+            return
+        if self.is_lora:
+            raise NotImplementedError("SFT with LoRA under FSDP2 is not supported (the merged export needs whole "
+                                      "weights): run LoRA SFT on one GPU or with trainer.strategy=ddp")
+        apply_fsdp2(self.model, mesh, param_dtype=next(self.model.parameters()).dtype)
+
     def on_fit_start(self) -> None:
-        if self.is_lora and _is_sharded(self.model):
-            raise NotImplementedError("LoRA under a sharded strategy (FSDP) is not supported here: the adapters "
-                                      "are small, use trainer.strategy=ddp for LoRA runs")
         self.model.train()  # from_pretrained returns eval mode (CPU-STACK.md)
 
     # ---- export --------------------------------------------------------------------------------
     def on_train_end(self) -> None:
-        """Gather a full state dict on every rank when parameters are sharded (FSDP)."""
-        if self.trainer.world_size <= 1 or not _is_sharded(self.model):
+        """Sharded weights: gather the full state dict (a collective, so on every rank) for the export."""
+        if not is_sharded(self.model):
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        root = self.trainer.strategy.model  # the wrapped LightningModule: its keys start with "model."
-        state = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.trainer.global_rank == 0:
-            state = _strip_prefix(state)
-            self._export_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+            self._export_state = state
 
     def export_pretrained(self, path: str | Path) -> None:
         """Save a merged Hugging Face directory (model + processor) that ``build_policy`` loads
         (as ``name_or_path`` or ``init_from``)."""
         path = Path(path)
-        model = self.model
-        if self._export_state is not None:
-            model.save_pretrained(path, state_dict=self._export_state)
-        else:
-            if self.is_lora:
-                model = self.model.merge_and_unload()
-                self.model = model
+        model = copy.deepcopy(self.model).merge_and_unload() if self.is_lora else self.model
+        cached = getattr(model.config, "use_cache", None)
+        if cached is False:  # turned off for gradient checkpointing; generation wants it on
             model.config.use_cache = True
-            model.save_pretrained(path)
+        try:
+            model.save_pretrained(path, state_dict=self._export_state)
+        finally:
+            if cached is False:
+                model.config.use_cache = False
         self.processor.save_pretrained(path)
         log.info("exported the SFT policy to %s", path)
-
-
-def _is_sharded(model) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters()) or any(
-        type(m).__name__.startswith("FullyShardedDataParallel") for m in model.modules())
-
-
-def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", ""): v
-            for k, v in state.items()}

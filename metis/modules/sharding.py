@@ -69,3 +69,29 @@ def gathered(model) -> Iterator[None]:
         for unit in units:
             unit.set_reshard_after_forward(True, recurse=False)
             unit.reshard()
+
+
+def export_policy(model, processor, path, is_writer: bool = True) -> None:
+    """Write ``model`` (gathered from FSDP2 shards if sharded, LoRA merged) and ``processor`` as a HF dir.
+
+    Every rank must call it when the model is sharded (gathering is a collective); only
+    ``is_writer`` writes.
+    """
+    import copy
+
+    state_dict = None
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if getattr(model.config, "tie_word_embeddings", False):  # tied: saved once, as the embedding
+            state_dict.pop("lm_head.weight", None)
+    if not is_writer:
+        return
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload() if state_dict is None else model
+    if state_dict is not None:
+        model.save_pretrained(path, state_dict=state_dict)
+    else:
+        model.save_pretrained(path)
+    processor.save_pretrained(path)

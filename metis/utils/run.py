@@ -104,11 +104,11 @@ def dry_run(cfg: DictConfig) -> dict[str, float]:
 
 def finish_run(run: Run, trainer, module) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.global_rank != 0:
-        return metrics
     export = run.output_dir / "hf"
     if hasattr(module, "export_pretrained"):
-        module.export_pretrained(export)
+        module.export_pretrained(export)  # every rank: gathering FSDP2 shards is a collective
+    if trainer.global_rank != 0:
+        return metrics
     lines = ["", "Metis run finished", f"  output dir : {run.output_dir.resolve()}"]
     for cb in trainer.checkpoint_callbacks:
         if cb.last_model_path or cb.best_model_path:

@@ -47,6 +47,7 @@ def main(world: int, out: str, cache: str) -> None:
                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
                         use_distributed_sampler=False)
     trainer.fit(module, datamodule=dm)
+    module.export_pretrained(Path(out).with_suffix(f".hf{world}"))  # every rank; gathers FSDP2 shards
     weights = {}
     for name, value in module.model.state_dict().items():
         full = value.full_tensor() if hasattr(value, "full_tensor") else value

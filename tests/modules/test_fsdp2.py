@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parent / "fsdp_parity_run.py"
 
@@ -30,3 +31,10 @@ def test_fsdp2_two_processes_match_single_process(tmp_path, tiny_cache):
     assert sharded["weights"].keys() == single["weights"].keys()
     for name, value in single["weights"].items():
         assert sharded["weights"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    # the export of the sharded run is a plain HF directory with the same weights
+    from safetensors.torch import load_file
+
+    one, two = (load_file(tmp_path / f"world{w}.hf{w}" / "model.safetensors") for w in (1, 2))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-5), name
