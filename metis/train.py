@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from metis.utils.run import dry_run, finish_run, prepare_run
+from metis.utils.run import dry_run, finish_run, plain_hparams, prepare_run
 
 log = logging.getLogger("metis.train")
 
@@ -25,13 +25,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, processor = hydra.utils.instantiate(cfg.model)
     datamodule = hydra.utils.instantiate(cfg.data, processor=processor)
     module = hydra.utils.instantiate(cfg.module, model=model, processor=processor)
+    plain_hparams(module)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     run.attach(trainer, module)
     run.reseed()  # however the parts were built (cache hit or miss), sampling starts from the seed
-    # our own checkpoints carry RNG states and configs: trusted, so not weights-only
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
     return finish_run(run, trainer, module)
 
 

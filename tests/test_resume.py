@@ -44,6 +44,9 @@ def test_sigkill_mid_step_then_resume_is_bit_identical(tmp_path):
     killed = train(broken, cache, kill_at=3)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL inside step 3
     assert (broken / "checkpoints" / "last.ckpt").exists()
+    # plain types only: loads weights-only (as Lightning's distributed-checkpoint path requires)
+    ckpt = torch.load(broken / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["metis"]["rl_step"] == 2 and ckpt["PromptDataModule"]["sampler"]["consumed"] == 4
     resumed = train(broken, cache, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = steps(straight), steps(broken)

@@ -7,6 +7,7 @@ from :mod:`metis.rl` (the scheme and objective are picked by Hydra), rollouts fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -77,7 +78,8 @@ class HDPOModule(L.LightningModule):
         self.optimizer_name = optimizer
         self.automatic_optimization = False
         self.rl_step = 0
-        self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective"])
+        self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective", "rollout"])
+        self.hparams["rollout"] = dataclasses.asdict(rollout)  # plain types: weights-only loadable
 
     # ---- distribution ------------------------------------------------------------------------
     def configure_model(self) -> None:

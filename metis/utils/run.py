@@ -129,3 +129,25 @@ def finish_run(run: Run, trainer, module) -> dict[str, float]:
     lines += [f"  {k:<24}: {v:.4f}" for k, v in sorted(shown.items())]
     print("\n".join(lines), flush=True)
     return metrics
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers (and tuples) -> plain dicts and lists, recursively."""
+    from omegaconf import Container
+
+    if isinstance(value, Container):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def plain_hparams(module) -> None:
+    """Keep a module's saved hyper-parameters to plain types, so every checkpoint (single-file or
+    distributed) loads with ``torch.load(weights_only=True)``."""
+    hparams = getattr(module, "hparams", None)
+    if hparams is not None:
+        for key in list(hparams.keys()):
+            hparams[key] = plain(hparams[key])
