@@ -1,0 +1,285 @@
+"""Reading curation inputs, the resumable per-sample results log, and writing kept sets.
+
+Inputs are the project's trajectory datasets (:mod:`metis.data.schema`: parquet or JSONL, any
+layout :func:`metis.data.converters.row_converter` knows) or RL prompt sets: prompt-only records in
+the same schema, or verl-style rows (``prompt``, ``images``, ``data_source``, ``ability``,
+``reward_model.ground_truth``, ``extra_info``; the Metis-RL layout of REFERENCE.md).
+
+:class:`SampleSource` scans the input once (images read header-only) so that every row gets a
+stable key and bad rows (unparseable JSON, missing or corrupt images, no messages, duplicate ids)
+are known up front; records are then decoded lazily, batch by batch.
+
+:class:`ResultLog` is the JSONL file every stage appends to, one row per sample id
+(``{"id", "status", "reason", "details"}``); the last row of an id wins and a torn last line (a
+crash mid-write) is ignored.
+
+Deliberate simplifications: the whole input is scanned at start (one header-only pass); a row
+without an id gets ``row-<index>``; a duplicate id is reported as bad input, not merged; the verl
+category comes from keywords of ``ability`` / ``data_source`` unless the row names one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from metis.data.schema import BadRecord, TrajectoryRecord, open_image, save_records, split_placeholders
+
+STATUSES = ("kept", "dropped", "bad_input", "error")
+FINAL_STATUSES = ("kept", "dropped")  # rows a rerun does not redo
+CATEGORIES = ("perception", "search", "math")
+_SEARCH_WORDS = ("search", "wiki", "web", "news", "fact", "knowledge", "entity")
+_MATH_WORDS = ("math", "arith", "geometr", "logic", "reason", "calc", "puzzle", "algebra")
+
+
+def category_of(*texts: Any) -> str:
+    """perception / search / math from free text such as ``ability`` and ``data_source``."""
+    blob = " ".join(str(t).lower() for t in texts if t)
+    for name in CATEGORIES:
+        if name in blob:
+            return name
+    if any(w in blob for w in _SEARCH_WORDS):
+        return "search"
+    if any(w in blob for w in _MATH_WORDS):
+        return "math"
+    return "perception"
+
+
+# ---- verl-style RL prompt rows ------------------------------------------------------------------
+def is_verl_layout(columns: Iterable[str]) -> bool:
+    cols = set(columns)
+    return "prompt" in cols and "messages" not in cols and "conversations" not in cols
+
+
+def from_verl_row(row: dict[str, Any], index: int, image_root: str | Path | None = None,
+                  full_decode: bool = True) -> TrajectoryRecord:
+    """A verl RL row (Metis-RL, DeepEyesV2 RL) as a prompt-only record."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, str):
+        prompt = json.loads(prompt)
+    if not prompt:
+        raise BadRecord("bad_row", "row has an empty 'prompt'")
+    messages = []
+    for m in prompt:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise BadRecord("bad_row", f"prompt entry {str(m)[:80]!r} is not a role/content message")
+        messages.append({"role": m["role"], "content": split_placeholders(str(m.get("content") or "")), "tool_call": None})
+    raw_images = list(row.get("images") or [])
+    n_parts = sum(p["type"] == "image" for m in messages for p in m["content"])
+    if n_parts == 0 and raw_images:  # no placeholders: images go in front of the first user text
+        first = next((m for m in messages if m["role"] == "user"), None)
+        if first is None:
+            raise BadRecord("bad_row", "images but no user message")
+        first["content"] = [{"type": "image"} for _ in raw_images] + first["content"]
+    elif n_parts != len(raw_images):
+        raise BadRecord("image_mismatch", f"{n_parts} <image> placeholders for {len(raw_images)} images")
+    images = [open_image(im, image_root, full_decode) for im in raw_images]
+    extra = row.get("extra_info") or {}
+    extra = json.loads(extra) if isinstance(extra, str) else dict(extra)
+    reward = row.get("reward_model") or {}
+    truth = reward.get("ground_truth") if isinstance(reward, dict) else None
+    if truth in (None, ""):
+        truth = extra.get("answer")
+    if truth in (None, ""):
+        raise BadRecord("bad_row", "no ground truth (reward_model.ground_truth / extra_info.answer)")
+    truths = [str(t) for t in truth] if isinstance(truth, (list, tuple)) else [str(truth)]
+    rid = str(extra.get("index") if extra.get("index") is not None else row.get("id", f"row-{index}"))
+    source = str(row.get("data_source") or "verl")
+    meta = {"category": row.get("category") or category_of(row.get("ability"), source),
+            "ability": row.get("ability"), "extra_info": {k: v for k, v in extra.items() if k != "question"},
+            "layout": "verl"}
+    return TrajectoryRecord(id=rid, messages=messages, images=images, final_answer=None, ground_truth=truths,
+                            source=source, source_id=rid, meta=meta)
+
+
+# ---- samples ------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One input row: its key, and either a record or why it cannot be used."""
+
+    index: int
+    id: str
+    record: TrajectoryRecord | None = None
+    error: str | None = None  # bad-input kind (missing_image, bad_row, duplicate_id, ...)
+    detail: str = ""
+
+
+def _bad(err: Exception) -> tuple[str, str]:
+    if isinstance(err, BadRecord):
+        return err.kind, str(err)[:300]
+    return "bad_row", f"{type(err).__name__}: {str(err)[:300]}"
+
+
+class SampleSource:
+    """The rows of one input file or folder, keyed by sample id, decoded lazily."""
+
+    def __init__(self, path: str | Path, image_root: str | Path | None = None, layout: str = "auto",
+                 limit: int | None = None) -> None:
+        self.path = Path(str(path)).expanduser()
+        if not self.path.exists():
+            raise FileNotFoundError(f"curation input {self.path} does not exist")
+        self.image_root = image_root
+        self.rows, self.columns, self.parse_errors = self._read_rows(limit)
+        verl = layout == "verl" or (layout == "auto" and is_verl_layout(self.columns))
+        self.layout = "verl" if verl else layout
+        self._convert = self._converter(full_decode=True)
+        self.ids: list[str] = []
+        self.errors: dict[int, tuple[str, str]] = {}
+        self._scan()
+
+    def _read_rows(self, limit: int | None) -> tuple[Any, list[str], dict[int, str]]:
+        errors: dict[int, str] = {}
+        if self.path.suffix in (".jsonl", ".json"):
+            text = self.path.read_text()
+            if text.lstrip().startswith("["):
+                rows: list[Any] = json.loads(text)
+            else:
+                rows = []
+                for line in text.splitlines():
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        errors[len(rows)] = f"line is not JSON ({err})"
+                        rows.append(None)
+            if self.image_root is None:
+                self.image_root = self.path.parent
+            rows = rows[:limit] if limit is not None else rows
+            columns = sorted({k for r in rows[:200] if isinstance(r, dict) for k in r})
+            return rows, columns, errors
+        import datasets
+
+        files = [str(self.path)] if self.path.is_file() else sorted(str(p) for p in self.path.rglob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{self.path} holds no parquet or JSONL data")
+        import pyarrow.parquet as pq
+
+        if all(pq.read_metadata(f).num_rows == 0 for f in files):  # ``datasets`` cannot load an empty table
+            return [], list(pq.read_schema(files[0]).names), errors
+        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        for name, feat in ds.features.items():  # our decoder reads headers only at scan time, and counts bad bytes
+            if isinstance(feat, datasets.Image):
+                ds = ds.cast_column(name, datasets.Image(decode=False))
+            elif isinstance(feat, datasets.List) and isinstance(feat.feature, datasets.Image):
+                ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
+        return ds, list(ds.column_names), errors
+
+    def _converter(self, full_decode: bool) -> Callable[[dict[str, Any], int], TrajectoryRecord]:
+        if self.layout == "verl":
+            return lambda row, i: from_verl_row(row, i, self.image_root, full_decode)
+        from metis.data.converters import row_converter
+
+        conv = row_converter(self.columns, self.layout, self.image_root, full_decode)
+        return lambda row, i: conv(row)
+
+    def _row(self, i: int) -> dict[str, Any]:
+        if i in self.parse_errors:
+            raise BadRecord("unparseable_row", self.parse_errors[i])
+        try:
+            row = self.rows[i]
+        except Exception as err:  # noqa: BLE001 - e.g. undecodable cells inside ``datasets``
+            raise BadRecord("unparseable_row", f"{type(err).__name__}: {str(err)[:200]}") from None
+        if not isinstance(row, dict):
+            raise BadRecord("unparseable_row", f"row is a {type(row).__name__}, not an object")
+        return row
+
+    def _scan(self) -> None:
+        header_only = self._converter(full_decode=False)
+        seen: set[str] = set()
+        for i in range(len(self.rows)):
+            rid = f"row-{i}"
+            try:
+                row = self._row(i)
+                if row.get("id") not in (None, ""):
+                    rid = str(row["id"])
+                rec = header_only(row, i)
+                rid = rec.id or rid
+            except Exception as err:  # noqa: BLE001 - every failure is a bad-input kind
+                self.errors[i] = _bad(err)
+            if rid in seen:
+                self.errors[i] = ("duplicate_id", f"id {rid!r} already used by an earlier row")
+                rid = f"{rid}#row-{i}"
+            seen.add(rid)
+            self.ids.append(rid)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> Sample:
+        """The sample of row ``i`` (images fully decoded); never raises for bad data."""
+        if i in self.errors:
+            kind, detail = self.errors[i]
+            return Sample(i, self.ids[i], error=kind, detail=detail)
+        try:
+            rec = self._convert(self._row(i), i)
+        except Exception as err:  # noqa: BLE001 - the header scan passed but the bytes are broken
+            kind, detail = _bad(err)
+            return Sample(i, self.ids[i], error=kind, detail=detail)
+        rec.id = self.ids[i]
+        return Sample(i, self.ids[i], record=rec)
+
+
+# ---- results log --------------------------------------------------------------------------------
+class ResultLog:
+    """Append-only JSONL of per-sample results; the last row of an id wins."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.torn_lines = 0
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return rows
+        with self.path.open("r", encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                    rows[str(row["id"])] = row
+                except (ValueError, KeyError, TypeError):
+                    self.torn_lines += 1  # a crash mid-write: that sample is simply redone
+        return rows
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` in one call and make them durable before returning."""
+        if not rows:
+            return
+        for row in rows:
+            if row.get("status") not in STATUSES:
+                raise ValueError(f"result row {row.get('id')!r} has status {row.get('status')!r}; known: {STATUSES}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        blob = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) + "\n" for r in rows)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def set_aside(self) -> Path | None:
+        """Move an existing log to ``<name>.bak`` (a fresh start that loses nothing)."""
+        if not self.path.exists():
+            return None
+        bak = self.path.with_name(self.path.name + ".bak")
+        os.replace(self.path, bak)
+        return bak
+
+
+def write_records_atomic(records: list[TrajectoryRecord], path: str | Path) -> Path:
+    """Parquet through :func:`metis.data.schema.save_records`, swapped in only once complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.parquet")
+    if records:
+        save_records(records, tmp)
+    else:  # ``Dataset.from_list([])`` cannot take the features: an empty table with the schema's columns
+        from datasets import Dataset
+
+        from metis.data.schema import SCHEMA_COLUMNS, features
+
+        Dataset.from_dict({c: [] for c in SCHEMA_COLUMNS}, features=features()).to_parquet(str(tmp))
+    os.replace(tmp, path)
+    return path
