@@ -245,6 +245,9 @@ def save_records(records: Iterable[TrajectoryRecord], path: str | Path) -> Path:
     path = Path(path)
     target = path if path.suffix == ".parquet" else path / "train.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    if not records:
+        raise ValueError(f"save_records: no records to write to {target} (an empty parquet cannot be read back)")
     to_dataset(records).to_parquet(str(target))
     return target
 
@@ -265,9 +268,11 @@ class RecordView(Sequence[TrajectoryRecord]):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        if isinstance(i, int) and not -len(self) <= i < len(self):
+            raise IndexError(i)  # the end of the sequence, so `for r in view` stops
         try:
             row = self.rows[i]
-        except BadRecord:
+        except (BadRecord, IndexError):
             raise
         except Exception as err:  # noqa: BLE001 - e.g. undecodable cells inside ``datasets``
             raise BadRecord("bad_row", f"row {i}: {type(err).__name__}: {str(err)[:120]}") from None

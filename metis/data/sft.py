@@ -140,9 +140,10 @@ class SFTDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
         try:
             return encode_record(self.records[self.indices[i]], self.processor, self.system_prompt)
-        except BadRecord as err:
-            self.runtime_skipped[err.kind] += 1
-            log.warning("skipping SFT row %d at batch time: %s", self.indices[i], err)
+        except Exception as err:  # noqa: BLE001 - a bad row must never stop a training run
+            kind = err.kind if isinstance(err, BadRecord) else "corrupt_image" if isinstance(err, OSError) else "encode_error"
+            self.runtime_skipped[kind] += 1
+            log.warning("skipping SFT row %d at batch time (%s): %s", self.indices[i], kind, str(err)[:200])
             return None
 
 

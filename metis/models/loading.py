@@ -46,6 +46,9 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
         processor = AutoProcessor.from_pretrained(str(path), **size_kwargs)
     except (ImportError, ValueError, TypeError, OSError) as err:
         log.info("AutoProcessor failed (%s); using the image-only Metis processor", err)
+        processor = None
+    if processor is None or not hasattr(processor, "image_processor"):
+        # some transformers versions hand back a bare tokenizer for a processor they cannot build
         processor = MetisQwen3VLProcessor.from_pretrained(str(path), **size_kwargs)
     if not hasattr(processor, "image_processor"):
         raise TypeError(f"{path} gave a {type(processor).__name__}, not a Qwen3-VL processor")

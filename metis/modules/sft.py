@@ -1,12 +1,11 @@
 """The SFT LightningModule: cross-entropy on assistant tokens, cosine schedule, optional LoRA.
 
-The loss is the token-mean cross-entropy over labelled (assistant) tokens of the batch. Only the
-hidden states at labelled positions go through the LM head (in float32), so the vocabulary-sized
-logits of system, user, image and observation tokens are never materialised.
+The loss is the token-mean cross-entropy over labelled (assistant) tokens of the batch, computed
+through the model's own forward with ``logits_to_keep`` = the labelled positions: the
+vocabulary-sized logits of system, user, image and observation tokens are never materialised.
 
 Under ``ModelParallelStrategy`` the model is sharded with FSDP2 (:mod:`metis.modules.sharding`);
-the full state dict is gathered on every rank at the end of training (``on_train_end``, a
-collective) and written by rank 0 in ``export_pretrained``.
+``export_pretrained`` runs on every rank (gathering the shards is a collective) and rank 0 writes.
 
 Deliberate simplifications: one LR for all trainable weights (no separate vision LR); LoRA wraps
 only the language model's linear layers (attention and MLP) and is not combined with FSDP2 (the
@@ -15,7 +14,6 @@ merged export would need whole weights); the export merges LoRA into a copy of t
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -27,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import transformers.modeling_utils as hf_modeling
 
-from metis.modules.sharding import apply_fsdp2, is_sharded
+from metis.modules.sharding import apply_fsdp2, export_policy, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,6 @@ class SFTModule(L.LightningModule):
         self.scheduler_name = scheduler
         self._t_last: float | None = None
         self._tokens_last = 0
-        self._export_state: dict[str, torch.Tensor] | None = None
         self.save_hyperparameters(ignore=["model", "processor"])
 
     # ---- model access ------------------------------------------------------------------------
@@ -198,28 +195,18 @@ class SFTModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode (CPU-STACK.md)
 
     # ---- export --------------------------------------------------------------------------------
-    def on_train_end(self) -> None:
-        """Sharded weights: gather the full state dict (a collective, so on every rank) for the export."""
-        if not is_sharded(self.model):
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.trainer.global_rank == 0:
-            self._export_state = state
-
     def export_pretrained(self, path: str | Path) -> None:
         """Save a merged Hugging Face directory (model + processor) that ``build_policy`` loads
-        (as ``name_or_path`` or ``init_from``)."""
-        path = Path(path)
-        model = copy.deepcopy(self.model).merge_and_unload() if self.is_lora else self.model
-        cached = getattr(model.config, "use_cache", None)
+        (as ``name_or_path`` or ``init_from``). Call on every rank: FSDP2 shards are gathered (a
+        collective), rank 0 writes; LoRA is merged into a copy."""
+        trainer = getattr(self, "_trainer", None)
+        core = self.core()
+        cached = getattr(core.config, "use_cache", None)
         if cached is False:  # turned off for gradient checkpointing; generation wants it on
-            model.config.use_cache = True
+            core.config.use_cache = True
         try:
-            model.save_pretrained(path, state_dict=self._export_state)
+            export_policy(self.model, self.processor, Path(path), is_writer=trainer is None or trainer.global_rank == 0)
         finally:
             if cached is False:
-                model.config.use_cache = False
-        self.processor.save_pretrained(path)
+                core.config.use_cache = False
         log.info("exported the SFT policy to %s", path)
