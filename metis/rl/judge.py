@@ -21,11 +21,9 @@ import json
 import os
 import re
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
-import httpx
+from metis.rl.chat_client import ChatClient, JudgeUnavailable  # noqa: F401  (JudgeUnavailable re-exported)
 
 JUDGE_PROMPT_VERSION = "v1"
 JUDGE_PROMPT = (
@@ -43,11 +41,6 @@ JUDGE_PROMPT = (
 
 _VERDICT_RE = re.compile(r"\b(INCORRECT|CORRECT)\b")
 _THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_RETRY_STATUS = {408, 409, 425, 429}
-
-
-class JudgeUnavailable(RuntimeError):
-    """The judge could not produce a verdict (server down, timeouts, errors, unparseable replies)."""
 
 
 def parse_verdict(reply: str) -> float | None:
@@ -89,28 +82,24 @@ class LLMJudge:
         prompt_version: str = JUDGE_PROMPT_VERSION,
         trust_env: bool = True,
     ) -> None:
-        if max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
-            raise ValueError("need max_retries >= 0, timeout_s > 0 and backoff_s >= 0")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.temperature = temperature
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.max_tokens = max_tokens
+        self._chat = ChatClient(base_url, model, api_key_env=api_key_env, temperature=temperature,
+                                max_tokens=max_tokens, timeout_s=timeout_s, max_retries=max_retries,
+                                backoff_s=backoff_s, max_backoff_s=max_backoff_s, cache_path=None,
+                                prompt_version=prompt_version, trust_env=trust_env)
+        self.url, self.model = self._chat.url, model
         self.prompt = prompt
         self.prompt_version = prompt_version
-        key = os.environ.get(api_key_env) if api_key_env else None
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=timeout_s, trust_env=trust_env)
         self._lock = threading.Lock()
         self._cache: dict[str, float] = {}
         self.cache_path = Path(cache_path) if cache_path is not None else None
-        self.requests = 0
         self.cache_hits = 0
         if self.cache_path is not None and self.cache_path.exists():
             self._load_cache(self.cache_path)
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests made so far (retries included)."""
+        return self._chat.requests
 
     # ------------------------------------------------------------------ cache
     def _load_cache(self, path: Path) -> None:
@@ -136,48 +125,7 @@ class LLMJudge:
 
     # ------------------------------------------------------------------ requests
     def _ask(self, content: str) -> tuple[float, str]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": content}],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
-            with self._lock:
-                self.requests += 1
-            try:
-                resp = self._client.post(self.url, json=payload, headers=self._headers)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout_s} s"
-                continue
-            except httpx.TransportError as e:
-                last = f"cannot reach the server ({type(e).__name__}: {e})"
-                continue
-            if resp.status_code in _RETRY_STATUS or resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                continue
-            if resp.status_code >= 400:
-                raise JudgeUnavailable(
-                    f"LLM judge {self.model!r} at {self.url} refused the request "
-                    f"(HTTP {resp.status_code}: {resp.text[:200]}); check base_url, model and API key"
-                )
-            try:
-                reply = str(resp.json()["choices"][0]["message"]["content"] or "")
-            except (ValueError, KeyError, IndexError, TypeError):
-                last = f"malformed response body {resp.text[:200]!r}"
-                continue
-            verdict = parse_verdict(reply)
-            if verdict is None:
-                last = f"unparseable reply {reply[:200]!r}"
-                continue
-            return verdict, reply
-        raise JudgeUnavailable(
-            f"LLM judge {self.model!r} at {self.url} gave no verdict after {self.max_retries + 1} "
-            f"attempts; last error: {last}"
-        )
+        return self._chat.complete([{"role": "user", "content": content}], parse_verdict)
 
     # ------------------------------------------------------------------ public
     def judge_one(self, question: str, ground_truth: str, prediction: str) -> float:
@@ -214,7 +162,7 @@ class LLMJudge:
         return self.judge(question, ground_truth, prediction)
 
     def close(self) -> None:
-        self._client.close()
+        self._chat.close()
 
     def __enter__(self) -> "LLMJudge":
         return self
