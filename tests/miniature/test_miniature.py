@@ -1,0 +1,69 @@
+"""CI-sized miniature reproduction: one HDPO arm (experiment=miniature/hdpo_w0.15) for two RL steps
+from the random tiny model, through the real CLI; the held-out (val/*) and training metrics the
+report plots must be logged to the offline W&B run and be finite. Also checks the sweep file."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from metis.utils.wandb_offline import read_config, read_history
+
+ROOT = Path(__file__).resolve().parents[2]
+VAL = ["val/accuracy", "val/accuracy_tool_needed", "val/accuracy_tool_unneeded", "val/unnecessary_tool_rate",
+       "val/necessary_tool_rate", "val/mean_tool_calls", "val/tool_call_rate"]
+TRAIN = ["train/accuracy", "train/rho_Q", "train/efficiency_active_groups", "train/unnecessary_tool_rate",
+         "train/necessary_tool_rate", "train/mean_tool_calls", "train/loss/tool"]
+
+
+def test_arith_copy_family_has_a_real_tool_need():
+    from metis.data.miniature import arith_copy_task, make_splits
+
+    rng = random.Random(0)
+    easy = [arith_copy_task(rng, False, i) for i in range(50)]
+    hard = [arith_copy_task(rng, True, i) for i in range(50)]
+    assert all(not t.needs_tool and 1 in (t.meta["a"], t.meta["b"]) and t.answer in t.question for t in easy)
+    assert all(t.needs_tool and min(t.meta["a"], t.meta["b"]) >= 10 for t in hard)
+    zero = make_splits(64, 16, 16, seed=0, families=["arith_zero"])["train"]
+    assert all(t.answer == "0" and "0" in (str(t.meta["a"]), str(t.meta["b"])) for t in zero if not t.needs_tool)
+    assert all(t.needs_tool and min(t.meta["a"], t.meta["b"]) >= 10 for t in zero if t.answer != "0")
+    splits = make_splits(32, 16, 16, seed=0, families=["arith_copy"])
+    assert {t.needs_tool for t in splits["val"]} == {True, False}
+    assert not {t.question for t in splits["train"]} & {t.question for t in splits["val"] if t.needs_tool}
+
+
+def test_sweep_file_has_every_arm_three_seeds():
+    lines = [ln for ln in (ROOT / "experiments/sweeps/miniature.txt").read_text().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    arms = {ln.split()[0].split("/")[1] for ln in lines}
+    assert len(arms) == 9 and len(lines) == 27
+    for arm in arms:
+        assert (ROOT / f"conf/experiment/miniature/{arm}.yaml").exists()
+
+
+def test_ci_sized_hdpo_arm_logs_finite_metrics(tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline")  # the shared tiny tokenizer cache (built once)
+    env.pop("METIS_MINIATURE_SFT", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "metis.train", f"hydra.run.dir={tmp_path / 'run'}", "experiment=miniature/hdpo_w0.15",
+         "model.init_from=null", "trainer.max_steps=2", "trainer.val_check_interval=1", "data.val_prompts=4",
+         "data.prompts_per_step=2", "rollout.n=2", "rollout.loop.max_new_tokens=12", "rollout.loop.max_turns=2",
+         "callbacks.progress.refresh_rate=0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    history = read_history(run)
+    keys = set().union(*history)
+    missing = [k for k in VAL + TRAIN if k not in keys]
+    assert not missing, f"not logged: {missing}"
+    for key in VAL + TRAIN:
+        values = [row[key] for row in history if key in row]
+        assert values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), (key, values)
+    assert [row["train/rl_step"] for row in history if "train/rl_step" in row] == [1.0, 2.0]
+    config = read_config(run)
+    assert config["reward"]["name"] == "hdpo" and config["reward"]["w_tool"] == 0.15
+    assert config["group"] == "miniature" and "hdpo_w0.15" in config["tags"]
