@@ -1,14 +1,17 @@
 """The one multi-turn rollout loop that training, evaluation and curation all call.
 
 Each turn, every live trajectory is extended by the engine in one batch until ``</tool_call>``
-or ``<|im_end|>``; tool calls of the batch run concurrently; observations are appended as forced
-tokens (mask 0), so the loss mask falls out of the token bookkeeping.
+or ``<|im_end|>``; tool calls of the batch run concurrently (with an engine that reports finished
+rows early, a tool call starts while the other rows are still decoding); observations are appended
+as forced tokens (mask 0), so the loss mask falls out of the token bookkeeping.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -48,6 +51,7 @@ class AgentLoop:
         if isinstance(self.tool_call_end_id, int) and self.tool_call_end_id != tok.unk_token_id:
             self.stop_ids.append(self.tool_call_end_id)
         self._counter = 0
+        self.stats = {"tool_wait_s": 0.0}  # time the loop sat waiting for tool results (not overlapped)
         self.skipped: list[dict[str, str]] = []  # tasks that could not start, with the reason
 
     # ---- encoding -------------------------------------------------------------------------
@@ -58,7 +62,8 @@ class AgentLoop:
             return ids, EncodedImages(torch.as_tensor(enc["pixel_values"]), torch.as_tensor(enc["image_grid_thw"]))
         return ids, EncodedImages.empty()
 
-    def start(self, task: Task, group_id: int) -> Trajectory:
+    def encode_prompt(self, task: Task) -> tuple[list[int], EncodedImages, list]:
+        """The prompt tokens and images of ``task`` (shared by all rollouts of the task)."""
         messages = [{"role": "system", "content": self.system_prompt},
                     {"role": "user", "content": task.content()}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -66,6 +71,11 @@ class AgentLoop:
         ids, encoded = self._encode(text, images)
         if len(ids) > self.config.max_prompt_tokens:
             raise ValueError(f"task {task.id}: prompt has {len(ids)} tokens > max_prompt_tokens")
+        return ids, encoded, images
+
+    def start(self, task: Task, group_id: int, prompt=None) -> Trajectory:
+        ids, encoded, images = prompt if prompt is not None else self.encode_prompt(task)
+        ids = list(ids)
         self._counter += 1
         traj = Trajectory(task=task, traj_id=f"{task.id}#{self._counter}", group_id=group_id,
                           prompt_ids=ids, images=list(images), encoded=encoded)
@@ -80,7 +90,8 @@ class AgentLoop:
         try:
             for k, task in enumerate(tasks):
                 try:
-                    group = [self.start(task, group_offset + k) for _ in range(n)]
+                    prompt = self.encode_prompt(task)  # once per task: the group shares it
+                    group = [self.start(task, group_offset + k, prompt) for _ in range(n)]
                 except Exception as err:  # a bad prompt (too long, corrupt image) is skipped, not fatal
                     log.warning("skipping task %s: %s: %s", task.id, type(err).__name__, err)
                     self.skipped.append({"task_id": task.id, "error": f"{type(err).__name__}: {err}"})
@@ -92,35 +103,62 @@ class AgentLoop:
                     if not live:
                         break
                     budgets = [self.config.max_response_tokens - len(t.response_ids) for t in live]
+                    early: dict[int, Future] = {}
+
+                    def on_finish(i: int, ids: list[int], live=live, budgets=budgets, early=early) -> None:
+                        # a finished tool call starts now, while the other rows keep decoding
+                        ids = ids[: max(budgets[i], 0)]
+                        if ids and ids[-1] == self.tool_call_end_id:
+                            text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
+                            early[i] = pool.submit(self._call_tool, live[i], text)
+
+                    kwargs = {"on_finish": on_finish} if self._streams() else {}
                     new_tokens = self.engine.generate(live, max(1, min(self.config.max_new_tokens, max(budgets))),
-                                                      self.stop_ids, greedy=greedy)
+                                                      self.stop_ids, greedy=greedy, **kwargs)
                     calls = []
                     engine_logprobs = getattr(self.engine, "last_logprobs", None) or {}
-                    for traj, ids, budget in zip(live, new_tokens, budgets):
+                    for i, (traj, ids, budget) in enumerate(zip(live, new_tokens, budgets)):
                         ids = ids[: max(budget, 0)]
                         if traj.traj_id in engine_logprobs:
                             traj.engine_logprobs.extend(engine_logprobs[traj.traj_id][: len(ids)])
                         text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
                         traj.add_model_tokens(ids, text)
                         if ids and ids[-1] == self.tool_call_end_id:
-                            calls.append(traj)
+                            calls.append((traj, early.get(i) or pool.submit(self._call_tool, traj)))
                         else:
                             traj.done = True
                             traj.truncated = not ids or ids[-1] not in self.stop_ids
-                    for traj, obs in zip(calls, pool.map(self._call_tool, calls)):
+                    t_wait = time.perf_counter()
+                    results = [future.result() for _, future in calls]
+                    self.stats["tool_wait_s"] += time.perf_counter() - t_wait
+                    for (traj, _), obs in zip(calls, results):  # appended in batch order: deterministic
                         self._append_observation(traj, obs)
+                    self._release([t for t in live if t.done])
                 for traj in trajs:
                     if not traj.done:  # out of turns right after a tool call
                         traj.done, traj.truncated = True, True
         finally:
+            self._release(trajs)
             for traj in trajs:
                 self.toolbox.end(traj.traj_id)
         for traj in trajs:
             traj.final_answer = extract_answer(traj.response_text)
         return trajs
 
-    def _call_tool(self, traj: Trajectory):
-        call = parse_tool_call(traj.turn_texts[-1])
+    def _streams(self) -> bool:
+        """Whether the engine reports finished rows during ``generate`` (``on_finish``)."""
+        try:
+            return "on_finish" in inspect.signature(self.engine.generate).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def _release(self, trajs: list[Trajectory]) -> None:
+        release = getattr(self.engine, "release", None)
+        if release is not None and trajs:
+            release(trajs)
+
+    def _call_tool(self, traj: Trajectory, turn_text: str | None = None):
+        call = parse_tool_call(traj.turn_texts[-1] if turn_text is None else turn_text)
         traj.num_tool_calls += 1  # failed and refused calls count too (REFERENCE.md)
         if isinstance(call, ParseError):
             return {"tool": None, "arguments": None, "text": error_observation(call.message), "images": [],

@@ -1,0 +1,141 @@
+"""The one multi-turn rollout loop that training, evaluation and curation all call.
+
+Each turn, every live trajectory is extended by the engine in one batch until ``</tool_call>``
+or ``<|im_end|>``; tool calls of the batch run concurrently; observations are appended as forced
+tokens (mask 0), so the loss mask falls out of the token bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from bench.legacy.engines import Engine
+from metis.agent.format import (
+    ParseError, build_system_prompt, error_observation, observation_turn, parse_tool_call, sanitize_observation,
+)
+from metis.agent.trajectory import EncodedImages, Trajectory
+from metis.data.task import Task
+from metis.rl.rewards import extract_answer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutConfig:
+    max_turns: int = 4  # assistant turns per trajectory (the paper: 10)
+    max_new_tokens: int = 96  # per turn
+    max_response_tokens: int = 384  # model + observation tokens after the prompt
+    max_prompt_tokens: int = 4096
+    tool_workers: int = 8
+
+
+class AgentLoop:
+    """Runs tasks through the policy and the tools, ``n`` rollouts per task."""
+
+    def __init__(self, engine: Engine, toolbox, processor, config: RolloutConfig | None = None,
+                 system_prompt: str | None = None) -> None:
+        self.engine, self.toolbox, self.processor = engine, toolbox, processor
+        self.config = config or RolloutConfig()
+        self.system_prompt = system_prompt or build_system_prompt(toolbox.specs())
+        tok = processor.tokenizer
+        self.stop_ids = [tok.convert_tokens_to_ids("<|im_end|>")]
+        self.tool_call_end_id = tok.convert_tokens_to_ids("</tool_call>")
+        if isinstance(self.tool_call_end_id, int) and self.tool_call_end_id != tok.unk_token_id:
+            self.stop_ids.append(self.tool_call_end_id)
+        self._counter = 0
+        self.skipped: list[dict[str, str]] = []  # tasks that could not start, with the reason
+
+    # ---- encoding -------------------------------------------------------------------------
+    def _encode(self, text: str, images: list) -> tuple[list[int], EncodedImages]:
+        enc = self.processor(text=[text], images=images or None, return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        if images:
+            return ids, EncodedImages(torch.as_tensor(enc["pixel_values"]), torch.as_tensor(enc["image_grid_thw"]))
+        return ids, EncodedImages.empty()
+
+    def start(self, task: Task, group_id: int) -> Trajectory:
+        messages = [{"role": "system", "content": self.system_prompt},
+                    {"role": "user", "content": task.content()}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images = [im.convert("RGB") for im in task.images]
+        ids, encoded = self._encode(text, images)
+        if len(ids) > self.config.max_prompt_tokens:
+            raise ValueError(f"task {task.id}: prompt has {len(ids)} tokens > max_prompt_tokens")
+        self._counter += 1
+        traj = Trajectory(task=task, traj_id=f"{task.id}#{self._counter}", group_id=group_id,
+                          prompt_ids=ids, images=list(images), encoded=encoded)
+        meta = {"id": task.id, "data_source": task.data_source, **task.meta}
+        self.toolbox.start(traj.traj_id, images, meta=meta)  # image_search keys cached results by meta
+        return traj
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, tasks: Sequence[Task], n: int = 1, group_offset: int = 0, greedy: bool = False) -> list[Trajectory]:
+        """``n`` rollouts for each task; rollouts of task ``k`` get ``group_id = group_offset + k``."""
+        trajs: list[Trajectory] = []
+        try:
+            for k, task in enumerate(tasks):
+                try:
+                    group = [self.start(task, group_offset + k) for _ in range(n)]
+                except Exception as err:  # a bad prompt (too long, corrupt image) is skipped, not fatal
+                    log.warning("skipping task %s: %s: %s", task.id, type(err).__name__, err)
+                    self.skipped.append({"task_id": task.id, "error": f"{type(err).__name__}: {err}"})
+                    continue
+                trajs.extend(group)
+            with ThreadPoolExecutor(max_workers=self.config.tool_workers) as pool:
+                for _ in range(self.config.max_turns):
+                    live = [t for t in trajs if not t.done]
+                    if not live:
+                        break
+                    budgets = [self.config.max_response_tokens - len(t.response_ids) for t in live]
+                    new_tokens = self.engine.generate(live, max(1, min(self.config.max_new_tokens, max(budgets))),
+                                                      self.stop_ids, greedy=greedy)
+                    calls = []
+                    engine_logprobs = getattr(self.engine, "last_logprobs", None) or {}
+                    for traj, ids, budget in zip(live, new_tokens, budgets):
+                        ids = ids[: max(budget, 0)]
+                        if traj.traj_id in engine_logprobs:
+                            traj.engine_logprobs.extend(engine_logprobs[traj.traj_id][: len(ids)])
+                        text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
+                        traj.add_model_tokens(ids, text)
+                        if ids and ids[-1] == self.tool_call_end_id:
+                            calls.append(traj)
+                        else:
+                            traj.done = True
+                            traj.truncated = not ids or ids[-1] not in self.stop_ids
+                    for traj, obs in zip(calls, pool.map(self._call_tool, calls)):
+                        self._append_observation(traj, obs)
+                for traj in trajs:
+                    if not traj.done:  # out of turns right after a tool call
+                        traj.done, traj.truncated = True, True
+        finally:
+            for traj in trajs:
+                self.toolbox.end(traj.traj_id)
+        for traj in trajs:
+            traj.final_answer = extract_answer(traj.response_text)
+        return trajs
+
+    def _call_tool(self, traj: Trajectory):
+        call = parse_tool_call(traj.turn_texts[-1])
+        traj.num_tool_calls += 1  # failed and refused calls count too (REFERENCE.md)
+        if isinstance(call, ParseError):
+            return {"tool": None, "arguments": None, "text": error_observation(call.message), "images": [],
+                    "error": "parse_error"}
+        obs = self.toolbox.execute(traj.traj_id, call.name, call.arguments)
+        return {"tool": call.name, "arguments": call.arguments, "text": obs.text, "images": list(obs.images),
+                "error": obs.error}
+
+    def _append_observation(self, traj: Trajectory, obs: dict[str, Any]) -> None:
+        images = [im.convert("RGB") for im in obs["images"]]
+        text = observation_turn(sanitize_observation(obs["text"], len(images)))
+        ids, encoded = self._encode(text, images)
+        traj.tool_errors += obs["error"] is not None
+        traj.observations.append({k: obs[k] for k in ("tool", "arguments", "text", "error")})
+        if len(traj.response_ids) + len(ids) >= self.config.max_response_tokens:
+            traj.done, traj.truncated = True, True  # no room left to answer after this observation
+            return
+        traj.add_forced_tokens(ids, images, encoded)
