@@ -95,8 +95,11 @@ def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg
             cmd += ["--ro-bind", path, path]
     cmd += ["--perms", "0755", "--dir", "/etc",
             "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-            "--ro-bind-try", "/etc/fonts", "/etc/fonts"]
-    made: set[str] = {"/", "/usr"}
+            "--ro-bind-try", "/etc/fonts", "/etc/fonts",
+            # the private /tmp first: an interpreter or venv that lives under /tmp (a CI clone, say)
+            # is then bound on top of it below instead of being hidden by it
+            "--perms", "1777", "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp"]
+    made: set[str] = {"/", "/usr", "/tmp"}
     for d in binds + [SANDBOX_WORKER]:  # world-traversable parents so the dropped uid gets through
         parts = d.strip("/").split("/")
         for i in range(1, len(parts)):
@@ -108,7 +111,6 @@ def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg
         cmd += ["--ro-bind", d, d]
     cmd += ["--ro-bind", WORKER_PATH, SANDBOX_WORKER, "--ro-bind", PROTOCOL_PATH, SANDBOX_PROTOCOL,
             "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp",
             "--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--clearenv"]
     for key, value in env.items():
         cmd += ["--setenv", key, value]
