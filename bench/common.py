@@ -170,6 +170,13 @@ def no_refill(toolbox):
     try:
         yield
     finally:
+        # Let the reaper stop the interpreters of ended trajectories *before* the refill starts:
+        # the sandbox reuses a small set of uids per process and kills by uid, so a refill racing the
+        # reaper gets fresh interpreters killed (seen: cold starts inside the next timed region).
+        deadline = time.monotonic() + 60
+        while not tool._reap_queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         with pool._cond:
             pool.size = size
             pool._cond.notify_all()

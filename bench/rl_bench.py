@@ -90,6 +90,8 @@ def rollout_once(kind: str, ctx: dict, tasks, n: int) -> dict:
     warm_pool(toolbox)
     timers.reset()
     torch.manual_seed(0)
+    pool = toolbox.tools["python"].pool
+    spawned = pool.spawned
     with no_refill(toolbox), PeakRSS() as mem:
         t0 = time.perf_counter()
         wait0 = getattr(ctx["loops"].get(kind), "stats", {}).get("tool_wait_s", 0.0)
@@ -106,6 +108,7 @@ def rollout_once(kind: str, ctx: dict, tasks, n: int) -> dict:
         else:
             res = ctx["trl"].rollout(tasks, n)
         wall = time.perf_counter() - t0
+        cold = pool.spawned - spawned  # interpreters started inside the timed region (pool ran dry)
     t_refill = time.perf_counter()
     warm_pool(toolbox)  # restarting the interpreters this rollout used: off the clock, reported apart
     refill = time.perf_counter() - t_refill
@@ -115,7 +118,8 @@ def rollout_once(kind: str, ctx: dict, tasks, n: int) -> dict:
     blocked = getattr(ctx["loops"].get(kind), "stats", {}).get("tool_wait_s", wait0 + tools) - wait0
     res.update(wall_s=wall, tokens_per_s=res["model_tokens"] / wall, traj_per_s=res["trajectories"] / wall,
                generation_s=timers.total.get("generation", 0.0), tools_s=tools, tools_blocking_s=blocked,
-               tool_share=blocked / wall, peak_rss_delta_mb=mem.delta_mb, pool_refill_s=refill)
+               tool_share=blocked / wall, peak_rss_delta_mb=mem.delta_mb, pool_refill_s=refill,
+               cold_starts=cold)
     return res
 
 
@@ -403,7 +407,7 @@ def md_table(rows: list[dict], cols: list[str]) -> str:
 
 TABLES = {
     "rollout": ["group_size", "contender", "tokens_per_s", "traj_per_s", "wall_s", "model_tokens", "generation_s",
-                "tools_s", "tools_blocking_s", "tool_share", "pool_refill_s", "prompt_tokens", "peak_rss_delta_mb",
+                "tools_s", "tools_blocking_s", "tool_share", "cold_starts", "pool_refill_s", "prompt_tokens", "peak_rss_delta_mb",
                 "repeats"],
     "step": ["contender", "group_size", "prompts", "step_s", "rollouts_per_s", "generation_s", "tools_s",
              "old_logprobs_s", "update_forward_s", "backward_s", "peak_rss_delta_mb", "steps", "threads_found"],
@@ -443,6 +447,8 @@ def write(results: dict, meta: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rl_bench.json").write_text(json.dumps({"meta": meta, **results}, indent=1, default=str))
     md = [f"# RL benchmark ({meta['when']}, {meta['machine']})", ""]
+    if meta.get("kept_from_earlier_run"):
+        md += [f"(sections kept from an earlier run: {meta['kept_from_earlier_run']})", ""]
     for name, cols in TABLES.items():
         rows = results.get(name)
         if not rows:
@@ -497,6 +503,11 @@ def main() -> None:
         return
     results: dict = {}
     sections = args.sections.split(",")
+    previous = RESULTS / "rl_bench.json"
+    if previous.exists() and not args.quick:  # a partial re-run keeps the other sections' tables
+        old = json.loads(previous.read_text())
+        results = {k: v for k, v in old.items() if k in TABLES and k not in sections}
+        meta["kept_from_earlier_run"] = {k: old.get("meta", {}).get("when") for k in results}
     for name, fn in (("rollout", lambda: section_rollout(args, model, processor, model_dir)),
                      ("step", lambda: section_step(args, model, processor, model_dir)),
                      ("scaling", lambda: section_scaling(args, model, processor, model_dir)),
