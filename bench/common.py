@@ -145,10 +145,23 @@ def python_toolbox(pool_size: int = 8):
 
 
 def warm_pool(toolbox, timeout: float = 300.0) -> None:
-    """Wait until the interpreter pool is full (the steady state between RL steps)."""
+    """Wait until the interpreter pool is full of live interpreters (the steady state between RL
+    steps): full, then still all alive half a second later (a late uid-based kill of an ended
+    trajectory's interpreter can take out a fresh one; the pool then refills)."""
     tool = toolbox.tools.get("python")
-    if tool is not None and tool.pool.size:
-        tool.pool.wait_full(timeout)
+    if tool is None or not tool.pool.size:
+        return
+    pool = tool.pool
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pool.wait_full(max(1.0, deadline - time.monotonic()))
+        time.sleep(0.5)
+        with pool._cond:
+            dead = [i for i in pool._ready if not i.alive]
+            if not dead and len(pool._ready) >= pool.size:
+                return
+            pool._ready = type(pool._ready)(i for i in pool._ready if i.alive)
+            pool._cond.notify_all()
 
 
 @contextmanager
@@ -176,7 +189,7 @@ def no_refill(toolbox):
         deadline = time.monotonic() + 60
         while not tool._reap_queue.empty() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
+        time.sleep(2.0)  # the last kill may still be running after the queue is empty
         with pool._cond:
             pool.size = size
             pool._cond.notify_all()

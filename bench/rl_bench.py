@@ -212,9 +212,9 @@ def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             step_times.append(time.perf_counter() - self.t0)
-            self.paused.__exit__(None, None, None)
             self.mem.__exit__(None, None, None)
             mems.append(self.mem.delta_mb)
+            self.paused.__exit__(None, None, None)
             parts.append(dict(timers.total))
 
     dm = PromptDataModule(lambda: {"train": list(tasks), "val": []}, prompts_per_step=len(tasks))
@@ -265,9 +265,9 @@ def trl_steps(model, model_dir, toolbox, forcer, tasks, group_size: int, steps: 
 
         def on_step_end(self, args, state, control, **kw):
             step_times.append(time.perf_counter() - self.t0)
-            self.paused.__exit__(None, None, None)
             self.mem.__exit__(None, None, None)
             mems.append(self.mem.delta_mb)
+            self.paused.__exit__(None, None, None)
             p = dict(timers.total)
             p["update"] = p.get("logprob_forward", 0.0) + p.get("backward", 0.0)
             parts.append(p)
@@ -482,8 +482,10 @@ def main() -> None:
     if args.quick:
         args.repeats, args.step_rounds, args.steps = 1, 1, 1
         args.groups, args.scale_groups, args.scale_turns, args.scale_images = [8], [4, 8], [1, 3], [224, 448]
-    global THREADS
+    global THREADS, RESULTS
     THREADS = args.threads
+    if args.quick:  # a smoke run never overwrites the measured tables
+        RESULTS = RESULTS / "quick"
     torch.set_num_threads(args.threads)
     from metis.models.loading import build_tiny
 
