@@ -57,3 +57,21 @@ def test_sigkill_mid_step_then_resume_is_bit_identical(tmp_path):
     assert wa.keys() == wb.keys()
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
+
+
+def test_sigusr1_after_fit_is_logged_not_fatal(caplog):
+    """SLURM's --signal=USR1@120 may land after fit (while the run exports); the run must finish."""
+    import logging
+    import os
+    import signal
+
+    from metis.utils.run import _ignore_late_requeue_signal
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        _ignore_late_requeue_signal()
+        with caplog.at_level(logging.WARNING, logger="metis"):
+            os.kill(os.getpid(), signal.SIGUSR1)  # the default action would end this process
+        assert any("after training finished" in r.getMessage() for r in caplog.records)
+    finally:
+        signal.signal(signal.SIGUSR1, before)

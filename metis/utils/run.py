@@ -102,7 +102,27 @@ def dry_run(cfg: DictConfig) -> dict[str, float]:
     return {}
 
 
+def _ignore_late_requeue_signal() -> None:
+    """After ``fit`` Lightning restores the default SIGUSR1 action (terminate). SLURM's
+    ``--signal=USR1@120`` can still land while the run exports and closes its logger; training is
+    over and its checkpoint is written, so log the signal and finish instead of dying half-way
+    through the export."""
+    import signal
+
+    if not hasattr(signal, "SIGUSR1"):
+        return
+
+    def handler(signum, _frame):
+        log.warning("signal %d after training finished: nothing to requeue, finishing the run", signum)
+
+    try:
+        signal.signal(signal.SIGUSR1, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def finish_run(run: Run, trainer, module) -> dict[str, float]:
+    _ignore_late_requeue_signal()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     export = run.output_dir / "hf"
     if hasattr(module, "export_pretrained"):
