@@ -126,8 +126,12 @@ class HDPOModule(L.LightningModule):
         return torch.cat(chunks), (torch.cat(ents) if ents else None)
 
     def _minibatch_loss(self, trajs, idx: list[int], old_logprobs, mask, result, backward: bool = True,
-                        channels=None):
-        """Forward/backward one PPO mini-batch in micro-batches; the gradients add up exactly."""
+                        channels=None, record: torch.Tensor | None = None):
+        """Forward/backward one PPO mini-batch in micro-batches; the gradients add up exactly.
+
+        ``old_logprobs=None`` is the on-policy case (one epoch, one mini-batch): the behaviour
+        policy is the current one, so its log-probs are this forward's, detached (ratio exactly
+        1), and are written into ``record`` for the metrics."""
         if channels is not None:
             result = AdvantageResult(channels=channels, rewards=result.rewards, metrics=result.metrics)
         rows_all = torch.tensor(idx, dtype=torch.long)
@@ -143,7 +147,13 @@ class HDPOModule(L.LightningModule):
             if self.objective.kl_coef > 0:  # the LoRA base, adapter disabled, is the reference policy
                 with torch.no_grad(), self.model.disable_adapter():
                     ref, _ = response_logprobs(self.model, sub, self.pad_id)
-            loss, metrics = self.objective(logp, old_logprobs[rows, :width].to(self.device),
+            if old_logprobs is None:
+                old = logp.detach()
+                if record is not None:
+                    record[rows, :width] = old.float().cpu()
+            else:
+                old = old_logprobs[rows, :width].to(self.device)
+            loss, metrics = self.objective(logp, old,
                                            mask[rows, :width], result, rollout_index=rows, entropy=entropy,
                                            denominators=den, ref_logprobs=ref)
             if backward:
@@ -171,14 +181,20 @@ class HDPOModule(L.LightningModule):
         names = f"{result.channels[0].name}_vs_{result.channels[1].name}"
         return {f"grad_cosine/{names}": float(a @ b) / denom if denom > 0 else 0.0}
 
+    def _rollout_counters(self) -> dict[str, float]:
+        """Cumulative counters of the agent loop (tool wait) and the engine (prefill, KV reuse)."""
+        return {**getattr(self.engine, "stats", {}), **getattr(self.agent, "stats", {})}
+
     # ---- the RL step -------------------------------------------------------------------------
     def training_step(self, batch: list[Task], batch_idx: int) -> None:
         t0 = time.perf_counter()
         group_offset = (self.rl_step * self.trainer.world_size + self.trainer.global_rank) * len(batch)
+        stats0 = self._rollout_counters()
         with gathered(self.model):
             trajs = self.agent.run(batch, n=self.group_size, group_offset=group_offset)
         self.engine.after_rollout()
         t_rollout = time.perf_counter() - t0
+        counters = {k: v - stats0.get(k, 0) for k, v in self._rollout_counters().items()}
         if not trajs:  # every prompt of the batch was unusable (reported by the agent loop)
             log.warning("RL step %d: no rollouts (all %d prompts skipped); no update", self.rl_step + 1, len(batch))
             self.trainer.datamodule.step_done(batch)
@@ -188,20 +204,28 @@ class HDPOModule(L.LightningModule):
         result = self.scheme.compute(scores)
         _, mask = response_tensors(trajs)
         mask = mask.to(self.device)
-        with torch.no_grad():
-            old_logprobs, _ = self._logprobs(trajs)
+        cosine_now = bool(self.grad_cosine_every) and self.rl_step % self.grad_cosine_every == 0
+        # one epoch over one mini-batch is on-policy: no separate old-log-prob pass
+        on_policy = self.ppo_epochs == 1 and (self.minibatch_size or len(trajs)) >= len(trajs) and not cosine_now
+        record = None
+        if on_policy:
+            old_logprobs = None
+            record = torch.zeros(mask.shape, dtype=torch.float32)
+        else:
+            with torch.no_grad():
+                old_logprobs, _ = self._logprobs(trajs)
         buffer = self.trainer.datamodule.buffer
-        buffer.fill(trajs, old_logprobs=old_logprobs.cpu(), mask=mask.cpu())
+        buffer.fill(trajs, mask=mask.cpu(), **({} if on_policy else {"old_logprobs": old_logprobs.cpu()}))
         t1 = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
-        out: dict[str, float] = {}
-        if self.grad_cosine_every and self.rl_step % self.grad_cosine_every == 0:
+        out: dict[str, float] = {"on_policy": float(on_policy)}
+        if cosine_now:
             out.update(self._grad_cosine(trajs, list(range(len(trajs))), old_logprobs, mask, result))
         updates: list[dict[str, float]] = []
         for _ in range(self.ppo_epochs):
             for idx in buffer.minibatches(self.minibatch_size or len(trajs)):
                 opt.zero_grad(set_to_none=True)
-                metrics = self._minibatch_loss(trajs, idx, old_logprobs, mask, result)
+                metrics = self._minibatch_loss(trajs, idx, old_logprobs, mask, result, record=record)
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 metrics["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 opt.step()
@@ -213,12 +237,15 @@ class HDPOModule(L.LightningModule):
         t_update = time.perf_counter() - t1
         self.rl_step += 1
         out.update(rollout_metrics(trajs, scores, result))
-        out.update(engine_logprob_gap(trajs, old_logprobs))
+        out.update(engine_logprob_gap(trajs, record if on_policy else old_logprobs))
         out["skipped_prompts"] = float(len(self.agent.skipped))
         for key in updates[0]:
             out[key] = sum(m[key] for m in updates) / len(updates)
         out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),
                     "lr": sched.get_last_lr()[0]})
+        out.update({f"rollout/{k}": float(v) for k, v in counters.items()})
+        if "tool_wait_s" in counters and t_rollout > 0:
+            out["rollout/tool_wait_frac"] = counters["tool_wait_s"] / t_rollout
         out.update(flatten_numeric(self.toolbox.metrics(), "tools/"))
         self.toolbox.reset_metrics()  # per-step tool statistics
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, batch_size=len(trajs))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -42,12 +41,12 @@ from typing import Any
 from metis.tools._sandbox_protocol import BLOB, HEADER, encode_frames, encode_image
 from metis.tools.isolation import (SANDBOX_SCRATCH, WORKER_PATH, SandboxConfig, SandboxError,
                                    bwrap_command, resolve_mode, sandbox_env)
+from metis.tools.uid_lease import lease_uid, release_uid
 
 __all__ = ["Interpreter", "SandboxConfig", "SandboxError", "kill_uid", "resolve_mode",
            "sweep_stale_scratch"]
 
 log = logging.getLogger("metis.tools.sandbox")
-_uid_counter = itertools.count()
 _live: weakref.WeakSet[Interpreter] = weakref.WeakSet()
 
 
@@ -82,10 +81,6 @@ def sweep_stale_scratch(root: str | None = None) -> int:
     return removed
 
 
-def _next_uid(base: int) -> int:
-    return base + ((os.getpid() % 1021) * 64 + next(_uid_counter) % 64) % 65536
-
-
 def _fallback_preexec() -> None:
     os.setsid()
     try:
@@ -102,8 +97,13 @@ class Interpreter:
     def __init__(self, cfg: SandboxConfig, mode: str) -> None:
         self.cfg, self.mode = cfg, mode
         self.as_root = os.geteuid() == 0
-        self.uid = _next_uid(cfg.uid_base) if self.as_root else None
-        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=cfg.scratch_root)
+        self.uid = lease_uid(cfg.uid_base) if self.as_root else None
+        try:
+            self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=cfg.scratch_root)
+        except BaseException:
+            if self.uid is not None:
+                release_uid(self.uid)
+            raise
         if self.uid is not None:
             os.chown(self.scratch, self.uid, self.uid)
         # bwrap (caps dropped) must chdir into it as root; no other sandbox can see it there
@@ -129,6 +129,8 @@ class Interpreter:
         except BaseException:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self._log.close()
+            if self.uid is not None:
+                release_uid(self.uid)
             raise
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -262,6 +264,7 @@ class Interpreter:
             pass
         if self.uid is not None:  # a unique uid: also reaps anything that outran the namespace
             kill_uid(self.uid)
+            release_uid(self.uid)
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()  # type: ignore[union-attr]

@@ -46,6 +46,8 @@ def test_one_training_step_changes_weights(tiny_policy, tmp_path):
     assert m["train/mean_tool_calls"] == 0.75 and m["train/format_rate"] == 1.0
     # correct rollouts have T = 1, 0, 2 -> A_tool != 0 for all three; the wrong one gets none
     assert m["train/rho_Q"] == 0.75
+    # the loop's own counters, per step (FakeToolBox answers at once, so only presence and range)
+    assert m["train/rollout/tool_wait_s"] >= 0.0 and 0.0 <= m["train/rollout/tool_wait_frac"] <= 1.0
     assert m["train/loss/tool"] != 0.0 and m["train/loss/acc"] != 0.0
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed, "an optimizer step with non-zero advantages must change the weights"
@@ -60,6 +62,21 @@ def test_micro_batching_gives_the_same_update(tiny_policy, tmp_path):
     # the gradients of the step (left on the parameters) agree; Adam's first step is ~lr*sign(g),
     # so weights are not a fair comparison for gradient entries at float-noise level
     ga, gb = whole.captured_grads, micro.captured_grads
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-7, rtol=1e-4), name
+
+
+def test_on_policy_step_skips_the_old_logprob_pass_and_gives_the_same_update(tiny_policy, tmp_path):
+    """One epoch over one mini-batch: the update's own forward (detached) is the behaviour policy.
+    The result equals the path with a separate no-grad old-log-prob pass (forced here by the
+    gradient-cosine diagnostic, which needs the old log-probs before the update)."""
+    fast, m1 = run_step(tiny_policy, tmp_path / "a")
+    slow, m2 = run_step(tiny_policy, tmp_path / "b", grad_cosine_every=1)
+    assert m1["train/on_policy"] == 1.0 and m2["train/on_policy"] == 0.0
+    assert abs(m1["train/loss/total"] - m2["train/loss/total"]) < 1e-6
+    assert m1["train/loss/total"] != 0.0
+    ga, gb = fast.captured_grads, slow.captured_grads
     assert ga.keys() == gb.keys() and len(ga) > 10
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-7, rtol=1e-4), name
