@@ -30,7 +30,7 @@ ARMS = ["grpo", "coupled_a0.05", "coupled_a0.15", "coupled_a1", "coupled_penalty
 METRICS = ["accuracy", "accuracy_tool_needed", "accuracy_tool_unneeded", "unnecessary_tool_rate",
            "necessary_tool_rate", "mean_tool_calls"]
 # experiments/simulator/README.md, scenario `flat_after_one` (tool-free class solvable without a
-# call, tool class needs one call, extra calls worth nothing: the structure of `arith_copy`),
+# call, tool class needs one call, extra calls worth nothing: the structure of `marker`),
 # 300 tabular updates from P(call) = 0.95: final unnecessary / necessary tool rate, and the
 # `weak_model` scenario (few correct rollouts) where it differs. Rows marked * were run for this
 # report with `python -m metis.simulate sim=flat_after_one reward=... ` (5 seeds).
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
     rows = []
     for arm in arms:
         rs = by_arm[arm]
-        # final policy: greedy on the 32 val prompts (final_eval.json) where present, else the last val/*
+        # final policy: greedy on the 64 val prompts (final_eval.json) where present, else the last val/*
         final = {m: mean_std([r["final"].get(m, float("nan")) if r["final"] else r["val"][-1].get(f"val/{m}", float("nan"))
                               for r in rs]) for m in METRICS}
         rho = mean_std([statistics.fmean([t.get("train/rho_Q", 0.0) for t in r["train"]]) for r in rs])
@@ -147,8 +147,8 @@ def main(argv=None) -> None:
             w.writerow([r["arm"], r["seeds"], r["steps"]] + [f"{v:.4f}" for m in METRICS for v in r[m]]
                        + [f"{r['rho_Q_mean'][0]:.4f}", f"{r['rho_Q_mean'][1]:.4f}", r["simulator"]])
 
-    lines = ["# Miniature sweep: measured (held-out val split, 32 prompts, greedy, final policy)", ""]
-    for name, label in (("sft_eval", "SFT cold start, python tool"), ("sft_eval_notools", "SFT cold start, tools=none")):
+    lines = ["# Miniature sweep: measured (held-out val split, 64 prompts, greedy, final policy)", ""]
+    for name, label in (("sft_eval", "SFT cold start, python tool"), ("sft_eval_notools", "no-tool control (SFT on direct answers only)")):
         if name in sft:
             e = sft[name]
             lines.append(f"- {label} (n={e['n']}): accuracy {e['accuracy']:.3f}, tool-needed "

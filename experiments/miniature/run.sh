@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The miniature reproduction, end to end, on a CPU:
-#   1. SFT cold start: experiment=miniature_sft (-> $OUT/sft1), then miniature_sft2 -> $OUT/sft/hf
-#   2. held-out greedy eval of the cold start, with the tool and with tools=none (no-tool control)
+#   1. SFT cold start: experiment=miniature_sft -> $OUT/sft/hf, and the no-tool control
+#      experiment=miniature_sft_notool (same samples, direct answers) -> $OUT/sft_notool/hf
+#   2. held-out greedy eval of both (64 val prompts)
 #   3. every line of experiments/sweeps/miniature.txt (9 arms x 3 seeds) from $OUT/sft/hf,
 #      $JOBS at a time, one thread each
-#      (+ a greedy eval of each final policy on the 32 val prompts: $OUT/rl/<i>/final_eval.json)
+#      (+ a greedy eval of each final policy on the 64 val prompts: $OUT/rl/<i>/final_eval.json)
 #   4. experiments/miniature/plot.py -> $OUT/summary.md, summary.csv, *.png
 #
 #   bash experiments/miniature/run.sh
-#   SEEDS=0 JOBS=3 SKIP_SFT=1 bash experiments/miniature/run.sh      # the reduced sweep measured
+#   SEEDS=0 ARMS="grpo hdpo_w0.15" SKIP_SFT=1 bash experiments/miniature/run.sh   # a part of it
 # Env: OUT (runs/miniature), JOBS (2), SEEDS (all in the sweep file), ARMS (all; e.g. "grpo hdpo_w0.15"),
 # STEPS (trainer.max_steps of each arm; default from conf/experiment/miniature_rl.yaml), EXTRA (more
 # overrides for every arm), SKIP_SFT=1 (reuse $OUT/sft/hf).
@@ -26,19 +27,18 @@ stamp() { echo "$1	$2	$(( $(date +%s) - $3 ))" >> "$OUT/times.tsv"; }
 
 ABS_OUT=$OUT; [[ $OUT == /* ]] || ABS_OUT=$ROOT/$OUT
 if [[ ${SKIP_SFT:-0} != 1 || ! -d $OUT/sft/hf ]]; then
-    t=$(date +%s)   # stage 1a: format and trigger-happy tool calls (arith_copy)
-    OMP_NUM_THREADS=${SFT_THREADS:-2} "$PY" -m metis.train experiment=miniature_sft hydra.run.dir="$OUT/sft1" \
-        callbacks.progress.refresh_rate=0 > "$OUT/logs/sft1.log" 2>&1
-    stamp sft1 sft1 "$t"
-    t=$(date +%s)   # stage 1b: arith_zero, still trigger-happy
-    OMP_NUM_THREADS=${SFT_THREADS:-2} "$PY" -m metis.train experiment=miniature_sft2 hydra.run.dir="$OUT/sft" \
-        model.init_from="$ABS_OUT/sft1/hf" callbacks.progress.refresh_rate=0 > "$OUT/logs/sft2.log" 2>&1
-    stamp sft2 sft2 "$t"
+    t=$(date +%s)   # the trigger-happy cold start and, beside it, the no-tool control (same data, direct answers)
+    OMP_NUM_THREADS=1 "$PY" -m metis.train experiment=miniature_sft hydra.run.dir="$OUT/sft" \
+        callbacks.progress.refresh_rate=0 > "$OUT/logs/sft.log" 2>&1 &
+    OMP_NUM_THREADS=1 "$PY" -m metis.train experiment=miniature_sft_notool hydra.run.dir="$OUT/sft_notool" \
+        callbacks.progress.refresh_rate=0 > "$OUT/logs/sft_notool.log" 2>&1 &
+    wait
+    stamp sft sft "$t"
 fi
 SFT=$ABS_OUT/sft/hf
 t=$(date +%s)
-"$PY" experiments/miniature/eval_policy.py --init-from "$SFT" --tools python_only --out "$OUT/sft_eval.json" > "$OUT/logs/sft_eval.log" 2>&1 &
-"$PY" experiments/miniature/eval_policy.py --init-from "$SFT" --tools none --out "$OUT/sft_eval_notools.json" > "$OUT/logs/sft_eval_notools.log" 2>&1 &
+"$PY" experiments/miniature/eval_policy.py --init-from "$SFT" --n 64 --out "$OUT/sft_eval.json" > "$OUT/logs/sft_eval.log" 2>&1 &
+"$PY" experiments/miniature/eval_policy.py --init-from "$ABS_OUT/sft_notool/hf" --n 64 --out "$OUT/sft_eval_notools.json" > "$OUT/logs/sft_eval_notools.log" 2>&1 &
 wait
 stamp eval sft_eval "$t"
 
@@ -62,7 +62,7 @@ run_one() {
     stamp "rl_$i" "$line" "$t"
     # final held-out numbers: greedy on the whole val split (32 prompts) with the trained policy
     [[ -f $OUT/rl/$i/hf/config.json ]] && "$PY" experiments/miniature/eval_policy.py --init-from "$OUT/rl/$i/hf" \
-        --n 32 --out "$OUT/rl/$i/final_eval.json" > "$OUT/logs/rl_${i}_eval.log" 2>&1 || true
+        --n 64 --out "$OUT/rl/$i/final_eval.json" > "$OUT/logs/rl_${i}_eval.log" 2>&1 || true
 }
 export -f run_one stamp
 export OUT SFT PY SEEDS ARMS STEPS EXTRA

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image, ImageChops
@@ -81,10 +82,18 @@ def _msg(role: str, text: str, call: dict[str, Any] | None = None) -> dict[str, 
     return {"role": role, "content": split_placeholders(text), "tool_call": call}
 
 
+# families defined elsewhere (metis.data.miniature) add their trajectories here:
+# name -> (tool(task, rng) -> (reason, code, observation, images, final reason), direct(task, rng) -> reason)
+EXTRA_FAMILIES: dict[str, tuple[Callable[..., tuple[str, str, str, list[Image.Image], str]],
+                                 Callable[..., str]]] = {}
+
+
 def _tool_turns(task: Task, family: str, rng: random.Random) -> tuple[list[dict[str, Any]], list[Image.Image]]:
     """Assistant call, tool observation, final assistant answer, and the observation images."""
     answer = str(task.answer)
-    if family == "arithmetic":
+    if family in EXTRA_FAMILIES:
+        reason, code, obs, images, final = EXTRA_FAMILIES[family][0](task, rng)
+    elif family == "arithmetic":
         a, b = task.meta["a"], task.meta["b"]
         code = f"print({a} * {b})"
         reason = rng.choice([f"I need {a} * {b}. I will compute the product with Python.",
@@ -113,7 +122,9 @@ def _tool_turns(task: Task, family: str, rng: random.Random) -> tuple[list[dict[
 
 def _direct_turn(task: Task, family: str, rng: random.Random) -> dict[str, Any]:
     answer = str(task.answer)
-    if family == "arithmetic":
+    if family in EXTRA_FAMILIES:
+        reason = EXTRA_FAMILIES[family][1](task, rng)
+    elif family == "arithmetic":
         a, b = task.meta["a"], task.meta["b"]
         reason = rng.choice([f"{a} times {b} is {answer}.", f"The product of {a} and {b} is {answer}."])
     else:

@@ -38,9 +38,18 @@ def pick_dtype(requested: str = "auto") -> torch.dtype:
 
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
-    """Load a Qwen3-VL processor; without torchvision fall back to the image-only processor."""
+    """Load a Qwen3-VL processor; without torchvision fall back to the image-only processor.
+
+    ``min_pixels`` / ``max_pixels`` bound the pixels of every image; one given alone keeps the
+    processor's own value for the other."""
+    if (min_pixels is None) != (max_pixels is None):
+        own = load_processor(path).image_processor.size
+        min_pixels = own["shortest_edge"] if min_pixels is None else min_pixels
+        max_pixels = own["longest_edge"] if max_pixels is None else max_pixels
     size_kwargs: dict[str, Any] = {}
     if min_pixels is not None and max_pixels is not None:
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(f"model.min_pixels ({min_pixels}) must be positive and <= model.max_pixels ({max_pixels})")
         size_kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     try:
         processor = AutoProcessor.from_pretrained(str(path), **size_kwargs)

@@ -36,6 +36,66 @@ def test_arith_copy_family_has_a_real_tool_need():
     assert not {t.question for t in splits["train"]} & {t.question for t in splits["val"] if t.needs_tool}
 
 
+def test_marker_family_needs_the_tool_only_for_the_small_marker():
+    """At the model's input (64x64, a 4x bicubic downscale) the large square is plain to see and
+    the one-pixel marker is not even the most saturated pixel; the tool's program finds and zooms
+    it on the full image in the real sandbox, and the zoom shows its colour."""
+    import numpy as np
+    from PIL import Image
+
+    from metis.data.miniature import MARKER_CODE, MARKER_COLORS, marker_task
+    from metis.tools import PythonTool, ToolBox
+
+    rng = random.Random(3)
+    hard = [marker_task(rng, True, i) for i in range(40)]
+    easy = [marker_task(rng, False, i) for i in range(40)]
+    assert {t.answer for t in hard} == set(MARKER_COLORS) and all(t.needs_tool and t.verifier == "exact" for t in hard)
+
+    def spread(img):
+        return np.ptp(np.asarray(img.resize((64, 64), Image.BICUBIC)).astype(int), 2)
+
+    def marker_at(img):
+        ys, xs = np.nonzero(np.ptp(np.asarray(img).astype(int), 2) > 150)
+        return int(ys.mean()) // 4, int(xs.mean()) // 4
+
+    found = sum(np.unravel_index(spread(t.images[0]).argmax(), (64, 64)) == marker_at(t.images[0]) for t in hard)
+    assert found <= 4, f"the small marker is the most saturated input pixel in {found}/40 images"
+    assert all(spread(t.images[0])[marker_at(t.images[0])] > 100 for t in easy)
+
+    tool = PythonTool(timeout_s=20, pool_size=1, min_pixels=4096, max_pixels=4096)
+    box = ToolBox([tool])
+    try:
+        for task in hard[:2] + easy[:1]:
+            box.start(task.id, task.images)
+            obs = box.execute(task.id, "python", {"code": MARKER_CODE})
+            box.end(task.id)
+            assert obs.error is None and len(obs.images) == 1, obs.text
+            zoom = np.asarray(obs.images[0].convert("RGB")).astype(int)
+            assert zoom.shape == (64, 64, 3)
+            centre = zoom[36:44, 36:44].reshape(-1, 3).mean(0)  # the marker pixel, 16x enlarged
+            assert np.abs(centre - MARKER_COLORS[task.answer]).max() < 40, (task.answer, centre)
+    finally:
+        tool.close()
+
+
+def test_marker_sft_records_trigger_happy_and_no_tool_control():
+    from metis.data.miniature import MARKER_CODE, make_sft_records
+
+    happy = make_sft_records(n=64, families=["marker"], tool_fraction_unneeded=0.9, tool_fraction_needed=1.0)
+    control = make_sft_records(n=64, families=["marker"], tool_fraction_unneeded=0.0, tool_fraction_needed=0.0)
+    assert [r.source_id for r in happy] == [r.source_id for r in control]  # same samples
+    for rec in happy:
+        if rec.meta["used_tool"]:
+            assert rec.messages[2]["tool_call"]["arguments"]["code"] == MARKER_CODE
+            assert len(rec.images) == 2 and rec.images[1].size == (64, 64)  # input + the zoom
+        assert rec.messages[-1]["content"][-1]["text"].endswith(f"<answer>{rec.final_answer}</answer>")
+    needed = [r for r in happy if r.meta["needs_tool"]]
+    unneeded = [r for r in happy if not r.meta["needs_tool"]]
+    assert needed and all(r.meta["used_tool"] for r in needed)
+    assert 0.75 <= sum(r.meta["used_tool"] for r in unneeded) / len(unneeded) < 1.0
+    assert not any(r.meta["used_tool"] for r in control) and all(len(r.images) == 1 for r in control)
+
+
 def test_sweep_file_has_every_arm_three_seeds():
     lines = [ln for ln in (ROOT / "experiments/sweeps/miniature.txt").read_text().splitlines()
              if ln.strip() and not ln.lstrip().startswith("#")]

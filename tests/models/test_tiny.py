@@ -75,3 +75,20 @@ def test_chat_template_round_trips_multiturn_tool_conversation(tiny_policy):
     assert processor.tokenizer.decode(kept) == (
         '<reason>zoom</reason><tool_call>{"name": "python"}</tool_call><|im_end|>'
         "<reason>ok</reason><answer>red</answer><|im_end|>")
+
+
+def test_one_pixel_bound_alone_is_applied_and_bad_bounds_are_refused(tiny_policy, tiny_cache):
+    """model.max_pixels without model.min_pixels must still cap images (it was silently ignored)."""
+    import pytest
+    from PIL import Image
+
+    from metis.models.loading import load_processor
+
+    path = tiny_policy[0].name_or_path
+    proc = load_processor(path, max_pixels=64 * 64)
+    grid = proc(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (256, 256))],
+                return_tensors="pt")["image_grid_thw"]
+    assert grid.tolist() == [[1, 4, 4]]  # 64x64 pixels in 16 px patches, not 256x256
+    assert proc.image_processor.size["shortest_edge"] == load_processor(path).image_processor.size["shortest_edge"]
+    with pytest.raises(ValueError, match="min_pixels"):
+        load_processor(path, min_pixels=8192, max_pixels=4096)
