@@ -136,6 +136,24 @@ class _PassRateStage(Stage):
                 entry["pass_rate"] = sum(entry["scores"]) / len(entry["scores"])
         return out
 
+    def verdict(self, pass_rate: float) -> str | None:
+        """The drop reason for a prompt with this pass rate (``None``: keep)."""
+        raise NotImplementedError
+
+    def process(self, samples: list[Sample]) -> list[dict[str, Any]]:
+        results = self.rollouts(samples)
+        rows = []
+        for s in samples:
+            entry = results[s.id]
+            if "skipped" in entry:
+                rows.append({"id": s.id, "status": "error", "reason": "rollout_failed",
+                             "details": {"detail": entry["skipped"][:300], "category": entry["category"]}})
+                continue
+            reason = self.verdict(entry["pass_rate"])
+            rows.append({"id": s.id, "status": "dropped" if reason else "kept", "reason": reason,
+                         "details": self._details(entry)})
+        return rows
+
     def _details(self, entry: dict[str, Any]) -> dict[str, Any]:
         calls = entry["tool_calls"]
         return {"k": self.k, "pass_rate": round(entry.get("pass_rate", 0.0), 6), "correct": sum(entry["scores"]),
@@ -157,19 +175,8 @@ class NoToolSolvableStage(_PassRateStage):
     def describe(self) -> dict[str, Any]:
         return {"k": self.k, "max_pass_rate": self.max_pass_rate, "default_verifier": self.default_verifier}
 
-    def process(self, samples: list[Sample]) -> list[dict[str, Any]]:
-        results = self.rollouts(samples)
-        rows = []
-        for s in samples:
-            entry = results[s.id]
-            if "skipped" in entry:
-                rows.append({"id": s.id, "status": "error", "reason": "rollout_failed",
-                             "details": {"detail": entry["skipped"][:300]}})
-                continue
-            solved = entry["pass_rate"] >= self.max_pass_rate
-            rows.append({"id": s.id, "status": "dropped" if solved else "kept",
-                         "reason": "solvable_without_tools" if solved else None, "details": self._details(entry)})
-        return rows
+    def verdict(self, pass_rate: float) -> str | None:
+        return "solvable_without_tools" if pass_rate >= self.max_pass_rate else None
 
 
 class RLPassRateStage(_PassRateStage):
@@ -191,20 +198,10 @@ class RLPassRateStage(_PassRateStage):
         return {"k": self.k, "min_pass_rate": self.min_pass_rate, "max_pass_rate": self.max_pass_rate,
                 "default_verifier": self.default_verifier}
 
-    def process(self, samples: list[Sample]) -> list[dict[str, Any]]:
-        results = self.rollouts(samples)
-        rows = []
-        for s in samples:
-            entry = results[s.id]
-            if "skipped" in entry:
-                rows.append({"id": s.id, "status": "error", "reason": "rollout_failed",
-                             "details": {"detail": entry["skipped"][:300], "category": entry["category"]}})
-                continue
-            rate = entry["pass_rate"]
-            reason = "always_solved" if rate >= self.max_pass_rate else "never_solved" if rate <= self.min_pass_rate else None
-            rows.append({"id": s.id, "status": "dropped" if reason else "kept", "reason": reason,
-                         "details": self._details(entry)})
-        return rows
+    def verdict(self, pass_rate: float) -> str | None:
+        if pass_rate >= self.max_pass_rate:
+            return "always_solved"
+        return "never_solved" if pass_rate <= self.min_pass_rate else None
 
     def annotate(self, record: Any, row: dict[str, Any]) -> Any:
         record = super().annotate(record, row)

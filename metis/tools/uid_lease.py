@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import tempfile
 import threading
@@ -23,6 +24,7 @@ _lock = threading.Lock()
 _held: dict[int, int] = {}  # uid -> fd holding its lock, in this process
 
 
+@functools.lru_cache(maxsize=None)
 def lease_dir() -> str:
     path = os.path.join(tempfile.gettempdir(), "metis-sandbox-uids")
     os.makedirs(path, mode=0o700, exist_ok=True)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,32 +22,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from metis.data.sft import SFTDataModule, collate_sft, encode_record
 from metis.data.sft_synthetic import make_sft_records
-from metis.models import build_policy
 from metis.modules import sft as sft_module
 from metis.modules.sft import SFTModule
 
-
-def load_tiny(spec: dict, cache: str, dtype: str, gradient_checkpointing: bool = False):
-    """``build_policy`` for a tiny model; where AutoProcessor returns a bare tokenizer (transformers
-    5.17 on the GPU image), build the image-only processor directly."""
-    try:
-        return build_policy(tiny=spec, cache_dir=cache, dtype=dtype, attn_implementation="sdpa",
-                            gradient_checkpointing=gradient_checkpointing)
-    except TypeError:
-        from transformers import Qwen3VLForConditionalGeneration
-
-        from metis.models.chat_template import CHAT_TEMPLATE
-        from metis.models.processor import MetisQwen3VLProcessor
-        from metis.models.tiny import build_tiny
-
-        path = build_tiny(cache, **spec)
-        model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                                attn_implementation="sdpa")
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        processor = MetisQwen3VLProcessor.from_pretrained(str(path))
-        processor.chat_template = processor.tokenizer.chat_template = CHAT_TEMPLATE
-        return model.train(), processor
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.sft_throughput import load_tiny  # noqa: E402  (one copy of the GPU-image fallback)
 
 
 class Trace(L.Callback):
