@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from metis.rl.chat_client import ChatClient, JudgeUnavailable  # noqa: F401  (JudgeUnavailable re-exported)
+from metis.rl.verifiers import max_over_truths
 
 JUDGE_PROMPT_VERSION = "v1"
 JUDGE_PROMPT = (
@@ -147,15 +148,7 @@ class LLMJudge:
         """
         if prediction is None or not prediction.strip():
             return 0.0
-        truths = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
-        best = 0.0
-        for gt in truths:
-            if gt is None or not str(gt).strip():
-                continue
-            best = max(best, self.judge_one(question, str(gt), prediction))
-            if best >= 1.0:
-                break
-        return best
+        return max_over_truths(ground_truth, lambda gt: self.judge_one(question, gt, prediction))
 
     def __call__(self, prediction: str | None, ground_truth: str | list[str], question: str = "") -> float:
         """Verifier-style call order (prediction, ground_truth), plus the question."""

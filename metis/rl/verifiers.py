@@ -30,6 +30,19 @@ VerifierFn = Callable[[str | None, str | list[str]], float]
 VERIFIERS: Registry = Registry("verifier")
 
 
+def max_over_truths(ground_truth: str | list[str] | None, score: Callable[[str], float]) -> float:
+    """The best ``score(truth)`` over the non-empty ground truths (stops at 1.0); 0.0 if none."""
+    truths = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
+    best = 0.0
+    for gt in truths:
+        if gt is None or not str(gt).strip():
+            continue
+        best = max(best, float(score(str(gt))))
+        if best >= 1.0:
+            break
+    return best
+
+
 def _verifier(name: str) -> Callable[[Callable[[str, str], float]], VerifierFn]:
     """Register a single-truth scorer, adding None/empty handling, max over lists, no raising."""
 
@@ -39,14 +52,7 @@ def _verifier(name: str) -> Callable[[Callable[[str, str], float]], VerifierFn]:
             try:
                 if prediction is None or not str(prediction).strip():
                     return 0.0
-                truths = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
-                best = 0.0
-                for gt in truths:
-                    if gt is None or not str(gt).strip():
-                        continue
-                    best = max(best, float(fn(str(prediction), str(gt))))
-                    if best >= 1.0:
-                        break
+                best = max_over_truths(ground_truth, lambda gt: fn(str(prediction), gt))
                 return min(max(best, 0.0), 1.0)
             except Exception:  # noqa: BLE001 - a verifier must never raise
                 return 0.0
