@@ -144,5 +144,31 @@ class ChatClient:
         raise cls(f"LLM judge {self.model!r} at {self.url} gave no usable reply after {self.max_retries + 1} "
                   f"attempts; last error: {last}")
 
+    def probe(self, timeout_s: float = 10.0) -> str:
+        """One uncached request ("Reply with OK.") that fails fast: a run checks its endpoint at start.
+
+        Returns the reply text. Raises :class:`JudgeUnavailable` with one line naming the endpoint
+        and the model when the server cannot be reached, times out, refuses the request (bad key,
+        unknown model) or answers with a body that is not a chat completion. No retries."""
+        payload = {"model": self.model, "messages": [{"role": "user", "content": "Reply with OK."}],
+                   "temperature": 0.0, "max_tokens": 8, **self.extra_body}
+        where = f"LLM endpoint {self.url} (model {self.model!r})"
+        with self._lock:
+            self.requests += 1
+        try:
+            resp = self._client.post(self.url, json=payload, headers=self._headers, timeout=timeout_s)
+        except httpx.TimeoutException:
+            raise JudgeUnavailable(f"{where} did not answer within {timeout_s} s") from None
+        except httpx.TransportError as err:
+            raise JudgeUnavailable(f"{where} cannot be reached ({type(err).__name__}: {err})") from None
+        if resp.status_code >= 400:
+            raise JudgeUnavailable(f"{where} answered HTTP {resp.status_code}: {resp.text[:200]}; "
+                                   "check base_url, model and the API key")
+        try:
+            return str(resp.json()["choices"][0]["message"]["content"] or "")
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise JudgeUnavailable(f"{where} answered a body that is not a chat completion: "
+                                   f"{resp.text[:200]!r}") from None
+
     def close(self) -> None:
         self._client.close()

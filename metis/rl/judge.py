@@ -154,6 +154,11 @@ class LLMJudge:
         """Verifier-style call order (prediction, ground_truth), plus the question."""
         return self.judge(question, ground_truth, prediction)
 
+    def probe(self, timeout_s: float = 10.0) -> None:
+        """Fail fast at start-up: raises :class:`JudgeUnavailable` (one line naming the endpoint)
+        when the judge cannot answer a trivial request. See :meth:`ChatClient.probe`."""
+        self._chat.probe(timeout_s)
+
     def close(self) -> None:
         self._chat.close()
 

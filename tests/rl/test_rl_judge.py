@@ -186,3 +186,18 @@ def test_parse_verdict():
     assert parse_verdict("correct.") == 1.0
     assert parse_verdict("<think>INCORRECT?</think> CORRECT") == 1.0
     assert parse_verdict("Not sure") is None
+
+
+def test_probe_fails_fast_on_down_refusing_or_garbage_endpoint(serve):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(JudgeUnavailable, match=f"127.0.0.1:{port}.*cannot be reached"):
+        make(f"http://127.0.0.1:{port}/v1").probe(timeout_s=2)
+    with pytest.raises(JudgeUnavailable, match="HTTP 401"):
+        make(serve(401).url).probe()
+    with pytest.raises(JudgeUnavailable, match="not a chat completion"):
+        make(serve(("raw", "not json at all")).url).probe()
+    ok = serve("OK")
+    make(ok.url).probe()
+    assert len(ok.requests) == 1
