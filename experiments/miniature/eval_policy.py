@@ -2,12 +2,15 @@
 no-tool control arm), with the training code's agent loop, scoring and metrics.
 
     python experiments/miniature/eval_policy.py --init-from <run>/hf [--tools python_only|none]
-        [--split val|test] [--n 32] [--out metrics.json]
+        [--split val|test] [--n 32] [--samples K] [--out metrics.json]
 
 Prints and writes {"accuracy", "accuracy_tool_needed", "accuracy_tool_unneeded",
 "unnecessary_tool_rate", "necessary_tool_rate", "mean_tool_calls", ...} (metis.agent.metrics).
 With --tools none the system prompt lists no tools and any call is answered by an error
-observation, so every correct answer was produced without a tool.
+observation, so every correct answer was produced without a tool. With --samples K (K >= 1) each
+prompt is sampled K times at the training temperature instead of once greedily (the deciding
+sweep's primary endpoint and the cold-start gate); the per-sample file then also holds
+``prompt_id``, ``correct``, ``called`` and ``format_ok`` for ``metis.analysis.gate``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tools", default="python_only")
     p.add_argument("--split", default="val")
     p.add_argument("--n", type=int, default=32)
+    p.add_argument("--samples", type=int, default=0, help="K > 0: sample K rollouts per prompt at T = 1")
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
@@ -48,16 +52,20 @@ def main(argv=None) -> dict:
     tasks = hydra.utils.instantiate(cfg.data.source)()[args.split][: args.n]
     module = hydra.utils.instantiate(cfg.module, model=model, processor=processor)
     with torch.no_grad():
-        trajs = module.agent.run(tasks, n=1, greedy=True)
-    metrics = rollout_metrics(trajs, HDPOModule.score(trajs), None)
-    metrics |= {"n": len(trajs), "split": args.split, "tools": args.tools, "init_from": args.init_from}
+        trajs = module.agent.run(tasks, n=max(args.samples, 1), greedy=args.samples < 1)
+    scores = HDPOModule.score(trajs)
+    metrics = rollout_metrics(trajs, scores, None)
+    metrics |= {"n": len(trajs), "split": args.split, "tools": args.tools, "init_from": args.init_from,
+                "samples": args.samples}
     print(json.dumps(metrics, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1) + "\n")
         with open(Path(args.out).with_suffix(".jsonl"), "w") as fh:
-            for t in trajs:
-                fh.write(json.dumps({"id": t.task.id, "needs_tool": t.task.needs_tool, "answer": t.task.answer,
-                                     "final_answer": t.final_answer, "tool_calls": t.num_tool_calls,
+            for i, t in enumerate(trajs):
+                fh.write(json.dumps({"id": t.task.id, "prompt_id": t.task.id, "needs_tool": t.task.needs_tool,
+                                     "answer": t.task.answer, "final_answer": t.final_answer,
+                                     "tool_calls": t.num_tool_calls, "called": t.num_tool_calls > 0,
+                                     "correct": bool(scores.r_ans[i] > 0), "format_ok": bool(scores.r_fmt[i] > 0),
                                      "response": t.response_text}) + "\n")
     module.toolbox.close()
     return metrics

@@ -1,0 +1,66 @@
+"""Choose the cold start of the deciding sweep by the gate of DECISION_RULES.md, before any RL run.
+
+    python experiments/miniature/calibrate.py [--steps 200 300 400 600] [--out runs/miniature_decide]
+
+For each candidate SFT length: train `miniature_sft` (unless `<out>/calib/sft_<N>/hf` exists), sample
+it at T = 1 (4 samples on each of the 64 val prompts), compute the gate quantities
+(`metis.analysis.gate`) and its verdict. Writes `calibration.json` (every candidate, and the chosen
+one: the shortest that passes) into `--out` and into `--record` (default: this folder, to commit).
+Exit status 1 when no candidate passes. The no-tool guess is chance (1/6 for six colours) unless
+`--no-tool-guess` gives the no-tool control's measured tool-needed accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from metis.analysis.gate import GATE, gate_metrics, gate_verdict  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, nargs="+", default=[200, 300, 400, 600])
+    p.add_argument("--out", default="runs/miniature_decide")
+    p.add_argument("--record", default=str(Path(__file__).parent / "calibration.json"))
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--no-tool-guess", type=float, default=1 / 6)
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    py = sys.executable
+    candidates = []
+    for steps in sorted(args.steps):
+        run = out / "calib" / f"sft_{steps}"
+        if not (run / "hf" / "config.json").exists():
+            subprocess.run([py, "-m", "metis.train", "experiment=miniature_sft", f"trainer.max_steps={steps}",
+                            f"hydra.run.dir={run}", "callbacks.progress.refresh_rate=0"], cwd=ROOT, check=True)
+        ev = run / "sampled_eval.json"
+        subprocess.run([py, str(Path(__file__).parent / "eval_policy.py"), "--init-from", str(run / "hf"),
+                        "--n", str(args.n), "--samples", str(args.samples), "--out", str(ev)], cwd=ROOT, check=True)
+        samples = [json.loads(line) for line in ev.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
+        m = gate_metrics(samples, args.no_tool_guess)
+        v = gate_verdict(m)
+        candidates.append({"sft_steps": steps, "hf": str(run / "hf"), "metrics": m, "gate": v})
+        print(f"sft_steps={steps}: " + ", ".join(f"{k}={'pass' if ok else 'FAIL'}" for k, ok in v.items()), flush=True)
+    chosen = next((c for c in candidates if c["gate"]["passed"]), None)
+    record = {"gate": GATE, "samples_per_prompt": args.samples, "prompts": args.n, "candidates": candidates,
+              "chosen": chosen["sft_steps"] if chosen else None}
+    for path in {out / "calibration.json", Path(args.record).resolve()}:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")
+    if chosen is None:
+        print("no candidate passes the gate: no RL run (see calibration.json)", file=sys.stderr)
+        return 1
+    print(f"chosen cold start: {chosen['hf']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
