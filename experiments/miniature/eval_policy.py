@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     import torch
 
     from metis.agent.metrics import rollout_metrics
-    from metis.modules.hdpo import HDPOModule
+    from metis.modules.rl import RLModule
 
     torch.manual_seed(cfg.seed)
     model, processor = hydra.utils.instantiate(cfg.model)
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     module = hydra.utils.instantiate(cfg.module, model=model, processor=processor)
     with torch.no_grad():
         trajs = module.agent.run(tasks, n=1, greedy=True)
-    metrics = rollout_metrics(trajs, HDPOModule.score(trajs), None)
+    metrics = rollout_metrics(trajs, RLModule.score(trajs), None)
     metrics |= {"n": len(trajs), "split": args.split, "tools": args.tools, "init_from": args.init_from}
     print(json.dumps(metrics, indent=1))
     if args.out:
