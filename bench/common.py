@@ -64,7 +64,7 @@ def make_image(size: int, seed: int = 0) -> Image.Image:
 
 def make_tasks(turns: list[int], image_size: int = 224):
     """One prompt per entry of ``turns``; prompt ``i`` is scripted to make ``turns[i]`` tool calls."""
-    from metis.data.task import Task
+    from metis.core.task import Task
 
     return [Task(id=f"bench-{i}", question=f"<image>What is {6 + i} * 7? (k={k})",
                  images=[make_image(image_size, i)], answer=str((6 + i) * 7), verifier="numeric",

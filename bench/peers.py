@@ -16,7 +16,7 @@ import torch
 
 from bench.common import CACHE, TOOL_CODE, Timers, install_forcer
 from metis.agent.engines import cut_at_stop, suppressed_ids
-from metis.agent.format import build_system_prompt, observation_turn, parse_tool_call, sanitize_observation
+from metis.core.format import build_system_prompt, observation_turn, parse_tool_call, sanitize_observation
 
 
 # ---- naive loop ---------------------------------------------------------------------------------

@@ -168,17 +168,17 @@ def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps:
     """``steps`` HDPO steps through Lightning; per-step wall time and per-part breakdown (medians)."""
     import lightning as L
 
-    import metis.modules.hdpo as hdpo_mod
+    import metis.modules.rl as hdpo_mod
     from metis.agent.loop import RolloutConfig
     from metis.data.prompts import PromptDataModule
-    from metis.modules.hdpo import HDPOModule
+    from metis.modules.rl import RLModule
     from metis.rl.scheme import PolicyObjective, RewardScheme
 
     timers = Timers()
     cfg = RolloutConfig(max_turns=max_turns, max_new_tokens=MAX_NEW, max_response_tokens=2048, tool_workers=8)
     from metis.agent.engines import HFEngine
 
-    module = HDPOModule(model, processor, HFEngine(logits_processors=[forcer]), toolbox, RewardScheme("hdpo"),
+    module = RLModule(model, processor, HFEngine(logits_processors=[forcer]), toolbox, RewardScheme("hdpo"),
                         PolicyObjective(clip_low=0.2, clip_high=0.28), cfg, group_size=group_size,
                         micro_batch_size=16, lr=1e-4, grad_cosine_every=0, rollout_log_dir=None)
     module.teardown = lambda stage: None  # the toolbox (and its warm pool) is shared by the runs: closed by the caller

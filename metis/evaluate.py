@@ -40,11 +40,11 @@ def _choice(group: str, default: str) -> str:
 
 
 def build_judge(cfg_judge: Any, cache_path: Path):
-    """An :class:`metis.rl.judge.LLMJudge` from ``judge`` ({base_url, model, ...}), or None."""
+    """An :class:`metis.io.judge.LLMJudge` from ``judge`` ({base_url, model, ...}), or None."""
     if not cfg_judge:
         return None
     kwargs = OmegaConf.to_container(cfg_judge, resolve=True) if isinstance(cfg_judge, DictConfig) else dict(cfg_judge)
-    kwargs.setdefault("_target_", "metis.rl.judge.LLMJudge")
+    kwargs.setdefault("_target_", "metis.io.judge.LLMJudge")
     kwargs.setdefault("cache_path", str(cache_path))
     return hydra.utils.instantiate(kwargs)
 

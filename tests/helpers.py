@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from metis.data.task import Task
+from metis.core.task import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -12,7 +12,7 @@ from typing import Protocol, Sequence
 import torch
 
 from bench.legacy.batching import model_inputs
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 from metis.utils.registry import Registry
 
 

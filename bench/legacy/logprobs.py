@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from bench.legacy.batching import model_inputs, response_positions, response_tensors
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 
 
 def response_logprobs(model, trajs: Sequence[Trajectory], pad_id: int, with_entropy: bool = False,

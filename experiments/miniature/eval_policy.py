@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     import torch
 
     from metis.agent.metrics import rollout_metrics
-    from metis.modules.hdpo import HDPOModule
+    from metis.modules.rl import RLModule
 
     torch.manual_seed(cfg.seed)
     model, processor = hydra.utils.instantiate(cfg.model)
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     module = hydra.utils.instantiate(cfg.module, model=model, processor=processor)
     with torch.no_grad():
         trajs = module.agent.run(tasks, n=max(args.samples, 1), greedy=args.samples < 1)
-    scores = HDPOModule.score(trajs)
+    scores = RLModule.score(trajs)
     metrics = rollout_metrics(trajs, scores, None)
     metrics |= {"n": len(trajs), "split": args.split, "tools": args.tools, "init_from": args.init_from,
                 "samples": args.samples}

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 
 
 def model_inputs(

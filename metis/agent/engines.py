@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from metis.agent.batching import model_inputs
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 from metis.utils.registry import Registry
 
 ENGINES: Registry = Registry("rollout engine")

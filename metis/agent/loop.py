@@ -18,11 +18,11 @@ from typing import Any, Sequence
 import torch
 
 from metis.agent.engines import Engine
-from metis.agent.format import (
+from metis.core.format import (
     ParseError, build_system_prompt, error_observation, observation_turn, parse_tool_call, sanitize_observation,
 )
-from metis.agent.trajectory import EncodedImages, Trajectory
-from metis.data.task import Task
+from metis.core.task import Task
+from metis.core.trajectory import EncodedImages, Trajectory
 from metis.rl.rewards import extract_answer
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class AgentLoop:
 
     def _call_tool(self, traj: Trajectory, turn_text: str | None = None):
         call = parse_tool_call(traj.turn_texts[-1] if turn_text is None else turn_text)
-        traj.num_tool_calls += 1  # failed and refused calls count too (REFERENCE.md)
+        traj.num_tool_calls += 1  # failed and refused calls count too (docs/paper.md, "HDPO")
         if isinstance(call, ParseError):
             return {"tool": None, "arguments": None, "text": error_observation(call.message), "images": [],
                     "error": "parse_error"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 from metis.rl.types import AdvantageResult, RolloutScores
 
 

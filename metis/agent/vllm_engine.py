@@ -23,7 +23,7 @@ import importlib.util
 from typing import Any, Sequence
 
 from metis.agent.engines import ENGINES, suppressed_ids
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 
 INSTALL_HINT = ("rollout=vllm needs vLLM on a CUDA machine: pip install -e '.[gpu]' (or pip install vllm); "
                 "use rollout=hf elsewhere")

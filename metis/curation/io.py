@@ -3,7 +3,7 @@
 Inputs are the project's trajectory datasets (:mod:`metis.data.schema`: parquet or JSONL, any
 layout :func:`metis.data.converters.row_converter` knows) or RL prompt sets: prompt-only records in
 the same schema, or verl-style rows (``prompt``, ``images``, ``data_source``, ``ability``,
-``reward_model.ground_truth``, ``extra_info``; the Metis-RL layout of REFERENCE.md).
+``reward_model.ground_truth``, ``extra_info``; the Metis-RL layout of docs/paper.md).
 
 :class:`SampleSource` scans the input once (images read header-only) so that every row gets a
 stable key and bad rows (unparseable JSON, missing or corrupt images, no messages, duplicate ids)

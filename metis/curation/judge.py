@@ -1,6 +1,6 @@
 """Stage ``judge``: an LLM judge scores each trajectory with the rubric in ``prompts/judge_rubric.md``.
 
-Per trajectory the judge (any OpenAI-compatible server, :class:`metis.curation.llm.ChatClient`)
+Per trajectory the judge (any OpenAI-compatible server, :class:`metis.io.chat_client.ChatClient`)
 sees the question, ground truth, final answer, a transcript (assistant turns, each tool call's code
 or arguments, each observation, ``<image k>`` markers) and the images (input and observation
 images, downscaled, as ``image_url`` data URIs). It returns ``visual_relevance`` and
@@ -34,11 +34,11 @@ from typing import Any
 from PIL import Image
 
 from metis.curation.io import Sample
-from metis.curation.llm import BadReply
+from metis.io.chat_client import BadReply
 from metis.curation.reexecute import split_images
 from metis.curation.runner import Stage, StageAborted
 from metis.data.schema import TrajectoryRecord, parts_text
-from metis.rl.judge import JudgeUnavailable
+from metis.io.judge import JudgeUnavailable
 
 RUBRIC_PATH = Path(__file__).resolve().parent / "prompts" / "judge_rubric.md"
 _JSON_RE = re.compile(r"\{.*\}", re.DOTALL)

@@ -40,7 +40,7 @@ from metis.data.converters import python_observation, tool_call_text
 from metis.data.schema import TrajectoryRecord, save_jsonl, save_records, split_placeholders
 from metis.data.sft_synthetic import trajectory_for_task
 from metis.data.synthetic import FAMILIES
-from metis.data.task import Task
+from metis.core.task import Task
 
 SFT_BLOCK = (["good"] * 6 + ["good_format", "good_direct", "fail", "fail", "fake_text", "fake_text",
                              "fake_image", "fake_image"] + ["easy"] * 4 + ["pointless"] * 2)

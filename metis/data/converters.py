@@ -1,6 +1,6 @@
 """Converters from public trajectory formats (and from rollouts) to :class:`TrajectoryRecord`.
 
-Formats (REFERENCE.md, "Public data formats the converters must read"):
+Formats (docs/paper.md, "Published data layouts"):
 
 * ``messages`` layout — Metis-ColdStart style parquet and DeepEyesV2 SFT (LLaMA-Factory sharegpt
   JSON): ``messages`` (role/content) or ``conversations`` (from/value), ``images`` as bytes,
@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from metis.core.format import ParseError, parse_tool_call, sanitize_observation
+from metis.core.task import Task
 from metis.data.schema import (
     IMAGE_PLACEHOLDER, BadRecord, TrajectoryRecord, open_image, parts_text, split_placeholders,
 )
@@ -54,7 +56,7 @@ def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
 
 
 def python_observation(stdout: str, num_images: int = 0) -> str:
-    """An observation text exactly as the Metis ``python`` tool writes it (REFERENCE.md)."""
+    """An observation text exactly as the Metis ``python`` tool writes it (docs/paper.md, "Rollout format")."""
     text = PYTHON_HEADER + stdout
     if num_images:
         text += "\nImages:\n" + "\n".join(IMAGE_PLACEHOLDER for _ in range(num_images))
@@ -309,14 +311,12 @@ def to_messages_row(record: TrajectoryRecord) -> dict[str, Any]:
 
 # ---- rollouts -----------------------------------------------------------------------------------
 def record_from_trajectory(traj: Any, system_prompt: str | None = None) -> TrajectoryRecord:
-    """A rollout (``metis.agent.trajectory.Trajectory``) as a record.
+    """A rollout (``metis.core.trajectory.Trajectory``) as a record.
 
     Observations are matched to the turns that ended in ``</tool_call>``; each takes as many of
     the rollout's observation images as its text has ``<image>`` placeholders (the Python tool
     writes one per image). Images that cannot be placed are dropped and counted in ``meta``.
     """
-    from metis.agent.format import ParseError, parse_tool_call, sanitize_observation
-
     task = traj.task
     messages: list[dict[str, Any]] = []
     if system_prompt:
@@ -356,10 +356,8 @@ def record_from_trajectory(traj: Any, system_prompt: str | None = None) -> Traje
                             meta=meta)
 
 
-def task_from_record(record: TrajectoryRecord):
-    """The prompt of a record (first user turn and its images) as a :class:`metis.data.task.Task`."""
-    from metis.data.task import Task
-
+def task_from_record(record: TrajectoryRecord) -> Task:
+    """The prompt of a record (first user turn and its images) as a :class:`metis.core.task.Task`."""
     user = next((m for m in record.messages if m["role"] == "user"), None)
     if user is None:
         raise BadRecord("bad_row", "record has no user message")

@@ -25,11 +25,11 @@ import random
 import numpy as np
 from PIL import Image
 
+from metis.core.images import fit_image
+from metis.core.task import Task
 from metis.data import sft_synthetic, synthetic
 from metis.data.converters import python_observation
-from metis.data.sft_synthetic import fit_image
 from metis.data.synthetic import FAMILIES
-from metis.data.task import Task
 
 
 @FAMILIES.register("arith_copy")

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from metis.data.rollout_buffer import RolloutBuffer
 from metis.data.sampler import ResumableSampler
-from metis.data.task import Task
+from metis.core.task import Task
 
 
 class TaskDataset(Dataset):

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from metis.agent.trajectory import Trajectory
+from metis.core.trajectory import Trajectory
 
 
 class RolloutBuffer:

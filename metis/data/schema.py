@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
+from metis.core.images import IMAGE_PLACEHOLDER
+
 ROLES = ("system", "user", "assistant", "tool")
-IMAGE_PLACEHOLDER = "<image>"
 
 
 class BadRecord(ValueError):
@@ -209,8 +210,8 @@ class TrajectoryRecord:
 
     @classmethod
     def from_trajectory(cls, traj: Any, system_prompt: str | None = None) -> "TrajectoryRecord":
-        """A rollout (:class:`metis.agent.trajectory.Trajectory`) as a record."""
-        from metis.data.converters import record_from_trajectory  # lazy: agent imports metis.data
+        """A rollout (:class:`metis.core.trajectory.Trajectory`) as a record."""
+        from metis.data.converters import record_from_trajectory  # lazy: converters imports schema
 
         return record_from_trajectory(traj, system_prompt=system_prompt)
 

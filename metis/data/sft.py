@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metis.data.schema import BadRecord, TrajectoryRecord, load_records
+from metis.data.sft_synthetic import metis_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -372,10 +373,7 @@ class _Collate:
 def _system_prompt(value: str | None) -> str | None:
     if value != "metis":
         return value
-    from metis.agent.format import build_system_prompt
-    from metis.data.sft_synthetic import PYTHON_TOOL_SPEC
-
-    return build_system_prompt([PYTHON_TOOL_SPEC])
+    return metis_system_prompt()
 
 
 __all__ = ["SFTDataModule", "SFTDataset", "LengthGroupedBatchSampler", "encode_record", "record_length",

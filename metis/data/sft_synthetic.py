@@ -1,7 +1,7 @@
 """Synthetic SFT trajectories in the Metis format, built from :mod:`metis.data.synthetic` tasks.
 
 The code in each tool call really solves the task and the observation is what the Metis python
-tool returns for it (REFERENCE.md: ``Code execution result:\\n<stdout>`` plus ``\\nImages:\\n<image>``
+tool returns for it (docs/paper.md, "Rollout format": ``Code execution result:\\n<stdout>`` plus ``\\nImages:\\n<image>``
 per displayed image; images resized to multiples of 32 within [4096, 5120*32*32] pixels):
 
 * arithmetic: ``print(a * b)`` -> ``Code execution result:\\n<a*b>\\n``;
@@ -21,17 +21,18 @@ Deliberate simplifications: the observation text and images are produced here, w
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable
 from typing import Any
 
 from PIL import Image, ImageChops
 
+from metis.core.format import build_system_prompt
+from metis.core.images import fit_image
+from metis.core.task import Task
 from metis.data.converters import python_observation, tool_call_text
 from metis.data.schema import TrajectoryRecord, split_placeholders
 from metis.data.synthetic import make_tasks
-from metis.data.task import Task
 
 # Must match metis.tools.python_tool.PythonTool (checked by a test when metis.tools is importable).
 PYTHON_TOOL_SPEC: dict[str, Any] = {
@@ -44,28 +45,10 @@ PYTHON_TOOL_SPEC: dict[str, Any] = {
                    "properties": {"code": {"type": "string", "description": "Python code to run"}},
                    "required": ["code"]},
 }
-MIN_PIXELS, MAX_PIXELS = 4096, 5120 * 32 * 32
 
 
 def metis_system_prompt() -> str:
-    from metis.agent.format import build_system_prompt  # lazy: metis.agent imports metis.data
-
     return build_system_prompt([PYTHON_TOOL_SPEC])
-
-
-def fit_image(img: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
-              factor: int = 32) -> Image.Image:
-    """The python tool's output resize: RGB, sides multiples of 32, pixel count in range."""
-    img = img.convert("RGB")
-    h, w = img.height, img.width
-    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
-    if hb * wb > max_pixels:
-        beta = math.sqrt(h * w / max_pixels)
-        hb, wb = max(factor, math.floor(h / beta / factor) * factor), max(factor, math.floor(w / beta / factor) * factor)
-    elif hb * wb < min_pixels:
-        beta = math.sqrt(min_pixels / (h * w))
-        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
-    return img if (hb, wb) == (h, w) else img.resize((wb, hb), Image.BICUBIC)
 
 
 def zoom_box(img: Image.Image, margin: int = 8) -> tuple[int, int, int, int]:

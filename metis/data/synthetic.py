@@ -18,7 +18,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from metis.data.task import Task
+from metis.core.task import Task
 from metis.utils.registry import Registry
 
 FAMILIES: Registry[Callable[[random.Random, bool, int], Task]] = Registry("synthetic task family")

@@ -1,4 +1,4 @@
-"""The paper's evaluation benchmarks as ``Task`` lists (REFERENCE.md, "Evaluation").
+"""The paper's evaluation benchmarks as ``Task`` lists (docs/paper.md, "Evaluation").
 
 ``BENCHMARKS`` maps a loader name (``conf/benchmark/<name>.yaml: loader``) to a row converter
 ``fn(row, ctx) -> list[Task]``; :func:`load_benchmark` reads the rows (a local file or folder in
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metis.data.task import Task
+from metis.core.task import Task
 from metis.eval.formats import BadRow, decode_images, is_missing, open_source
 from metis.rl.verifiers import parse_number
 from metis.utils.registry import Registry

@@ -1,5 +1,5 @@
 """Evaluation reports: the run's results table, the comparison with the published numbers
-(REFERENCE.md, "Evaluation"), a summary across runs, and a W&B table of sample trajectories.
+(docs/paper.md, "Evaluation"), a summary across runs, and a W&B table of sample trajectories.
 
 ``python -m metis.eval.report <runs root> [--out DIR]`` gathers every ``results.json`` under a
 folder into one summary table (CSV and markdown).
@@ -19,7 +19,7 @@ import pandas as pd
 
 log = logging.getLogger("metis.eval")
 
-# Accuracy (%) published for Metis (the HDPO 8B model) and the Qwen3-VL-8B base (REFERENCE.md).
+# Accuracy (%) published for Metis (the HDPO 8B model) and the Qwen3-VL-8B base (docs/paper.md, "Evaluation").
 PUBLISHED: dict[str, dict[str, float]] = {
     "vstar": {"Metis": 91.1, "Qwen3-VL-8B": 86.4},
     "hrbench_4k": {"Metis": 83.5, "Qwen3-VL-8B": 78.9},
@@ -87,11 +87,11 @@ def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
     paper = PUBLISHED.get(bench, {})
     for model, acc in paper.items():
         rows.append({"benchmark": bench, "model": f"{model} (paper)", "accuracy": acc, "tool_use_rate": float("nan"),
-                     "source": "REFERENCE.md", "delta_vs_paper_metis": float("nan")})
+                     "source": "docs/paper.md", "delta_vs_paper_metis": float("nan")})
     tool_key = TOOL_USE_KEY.get(bench)
     for model, (rate, acc) in PUBLISHED_TOOL_USE.get(tool_key, {}).items():
         rows.append({"benchmark": tool_key, "model": f"{model} (paper, tool use)", "accuracy": acc,
-                     "tool_use_rate": float(rate), "source": "REFERENCE.md", "delta_vs_paper_metis": float("nan")})
+                     "tool_use_rate": float(rate), "source": "docs/paper.md", "delta_vs_paper_metis": float("nan")})
     if "Metis" in paper and not math.isnan(ours_acc):
         rows[0]["delta_vs_paper_metis"] = round(ours_acc - paper["Metis"], 1)
     return pd.DataFrame(rows)

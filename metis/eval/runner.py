@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metis.data.task import Task
+from metis.core.task import Task
 
 log = logging.getLogger("metis.eval")
 

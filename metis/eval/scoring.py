@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from metis.rl.judge import JudgeUnavailable
+from metis.io.judge import JudgeUnavailable
 from metis.rl.verifiers import VERIFIERS, extract_choices, normalize_text, parse_number
 from metis.utils.registry import Registry
 

@@ -6,7 +6,7 @@ It follows Qwen3-VL's layout (``<|im_start|>role\\n…<|im_end|>\\n``, images as
 * assistant content sits in ``{% generation %}`` blocks, so
   ``return_assistant_tokens_mask=True`` yields the SFT loss mask;
 * a ``tool`` message is rendered as a *user* turn, which is how Metis returns tool
-  observations to the model (REFERENCE.md: the observation is a new user turn).
+  observations to the model (docs/paper.md, "Rollout format": the observation is a new user turn).
 """
 
 CHAT_TEMPLATE = (

@@ -1,7 +1,7 @@
 """An image-only Qwen3-VL processor.
 
 ``Qwen3VLProcessor`` insists on a video processor, and the video processor needs torchvision,
-which does not install beside the CPU torch this project uses (CPU-STACK.md). Metis feeds
+which does not install beside the CPU torch this project uses (docs/cpu_stack.md). Metis feeds
 images only, so this subclass drops the video processor and pairs the tokenizer with the
 PIL image processor. Everything else (placeholder expansion, ``mm_token_type_ids``) is the
 upstream code. Importing this module registers the class with ``AutoProcessor``.

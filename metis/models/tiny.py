@@ -108,7 +108,7 @@ def train_tokenizer(vocab_size: int = 2048, seed: int = 0) -> Qwen2Tokenizer:
 
 
 def tiny_config(tok: Qwen2Tokenizer, spec: dict[str, Any]) -> Qwen3VLConfig:
-    """A Qwen3-VL config whose sizes, rope sections and token ids are consistent (CPU-STACK traps)."""
+    """A Qwen3-VL config whose sizes, rope sections and token ids are consistent (docs/cpu_stack.md)."""
     heads = spec["num_attention_heads"]
     head_dim = spec["hidden_size"] // heads
     half = head_dim // 2

@@ -192,7 +192,7 @@ class SFTModule(L.LightningModule):
         apply_fsdp2(self.model, mesh, param_dtype=next(self.model.parameters()).dtype)
 
     def on_fit_start(self) -> None:
-        self.model.train()  # from_pretrained returns eval mode (CPU-STACK.md)
+        self.model.train()  # from_pretrained returns eval mode (docs/cpu_stack.md)
 
     # ---- export --------------------------------------------------------------------------------
     def export_pretrained(self, path: str | Path) -> None:

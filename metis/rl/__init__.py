@@ -1,6 +1,6 @@
 """Pure reward, advantage and loss code (torch + stdlib; math_verify and httpx for verifiers).
 
-Never imports models, agent, tools or Lightning. Every formula of REFERENCE.md lives here once.
+Never imports models, agent, tools or Lightning. Every formula of docs/paper.md lives here once.
 """
 
 from metis.rl.advantages import (
@@ -9,7 +9,6 @@ from metis.rl.advantages import (
     hdpo_advantages,
     validate_estimator_params,
 )
-from metis.rl.judge import JUDGE_PROMPT, JUDGE_PROMPT_VERSION, JudgeUnavailable, LLMJudge, parse_verdict
 from metis.rl.losses import AGGREGATIONS, POLICY_LOSSES, clipped_policy_loss, kl_k3, masked_aggregate
 from metis.rl.rewards import TOOL_REWARD_SHAPES, accuracy_reward, extract_answer, format_reward, tool_reward
 from metis.rl.scheme import PolicyObjective, RewardScheme
@@ -21,10 +20,6 @@ __all__ = [
     "AGGREGATIONS",
     "AdvantageChannel",
     "AdvantageResult",
-    "JUDGE_PROMPT",
-    "JUDGE_PROMPT_VERSION",
-    "JudgeUnavailable",
-    "LLMJudge",
     "POLICY_LOSSES",
     "PolicyObjective",
     "RewardScheme",
@@ -42,7 +37,6 @@ __all__ = [
     "masked_aggregate",
     "normalize_text",
     "parse_number",
-    "parse_verdict",
     "tool_reward",
     "validate_estimator_params",
 ]

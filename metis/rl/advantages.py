@@ -1,6 +1,6 @@
 """Group-relative advantages (GRPO, HDPO) and the registry of reward/advantage schemes.
 
-Formulas: REFERENCE.md, "HDPO, precisely" and "Coupled baseline"; one section per scheme in
+Formulas: docs/paper.md, "HDPO" and "The coupled baseline"; one section per scheme in
 docs/reward_schemes.md.
 
 Deliberate simplifications:
@@ -85,7 +85,7 @@ def hdpo_advantages(
     eps: float = 1e-6,
     normalize_std: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """(A_acc, A_tool) of REFERENCE.md.
+    """(A_acc, A_tool) of docs/paper.md, "HDPO".
 
     A_acc: GRPO over every rollout of the group. A_tool: GRPO over Q = {i in group : correct_i}
     only; 0 outside Q; 0 for the whole group when |Q| <= 1. `correct` is the eligibility mask
@@ -205,7 +205,7 @@ def _base_rewards(scores: RolloutScores, ans_weight: float, fmt_weight: float) -
         "r_ans": r_ans,
         "r_fmt": r_fmt,
         "r_acc": accuracy_reward(r_ans, r_fmt, ans_weight, fmt_weight),
-        # REFERENCE's r_tool, logged by every scheme; schemes with a configurable one overwrite it.
+        # The paper's r_tool (docs/paper.md), logged by every scheme; schemes with a configurable one overwrite it.
         "r_tool": tool_reward(scores.num_tool_calls, correct, "inverse"),
     }
 
@@ -236,7 +236,7 @@ def hdpo(scores: RolloutScores, *, w_acc: float, w_tool: float, eligible: str, t
     correct rollouts with T > 0; correct no-tool rollouts are outside Q and get no efficiency
     advantage, so the channel only ranks tool users against each other.
 
-    tool_term_nonzero_only=True (REFERENCE.md): the tool loss is averaged over the tokens of
+    tool_term_nonzero_only=True (the paper, docs/paper.md): the tool loss is averaged over the tokens of
     rollouts with A_tool != 0 only, which scales its weight by about 1/rho_Q; False averages it
     over all rollouts like the accuracy term (the scheme simulator's ablation, see
     experiments/simulator/README.md).

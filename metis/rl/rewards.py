@@ -1,4 +1,4 @@
-"""Per-rollout rewards of REFERENCE.md ("HDPO, precisely"): format, answer extraction, accuracy
+"""Per-rollout rewards of docs/paper.md ("HDPO"): format, answer extraction, accuracy
 and tool-efficiency rewards.
 
 Deliberate simplifications: tags are matched literally and case-sensitively (`<reason>`, never
@@ -54,7 +54,7 @@ def format_reward(response_text: str) -> float:
        and the counts of opening and closing tags are equal per kind (see `_balanced`);
     2. at least one complete `<answer>…</answer>` pair that starts after the last `</reason>`
        (the whole text when there is no `</reason>`; a response without any `<reason>` can
-       therefore pass: REFERENCE.md does not require one).
+       therefore pass: the paper (docs/paper.md) does not require one).
     `<answer>` tags elsewhere are not required to be balanced.
     """
     if not isinstance(response_text, str) or not _balanced(response_text):
@@ -93,7 +93,7 @@ def _float_tensor(x: Tensor | float | list) -> Tensor:
 def accuracy_reward(
     r_ans: Tensor | float, r_fmt: Tensor | float, w_ans: float = 0.9, w_fmt: float = 0.1
 ) -> Tensor:
-    """r_acc = w_ans * r_ans + w_fmt * r_fmt (REFERENCE: 0.9 / 0.1).
+    """r_acc = w_ans * r_ans + w_fmt * r_fmt (the paper: 0.9 / 0.1, docs/paper.md).
 
     Floating inputs keep their dtype; integer/bool inputs and Python numbers give float64.
     """
@@ -108,7 +108,7 @@ def tool_reward(
 ) -> Tensor:
     """Tool-efficiency reward, 0 for incorrect rollouts whatever the shape.
 
-    inverse: 1 / (T + 1) (REFERENCE; no tool call gives 1); exp: exp(-beta * T);
+    inverse: 1 / (T + 1) (the paper, docs/paper.md; no tool call gives 1); exp: exp(-beta * T);
     linear: -T (unbounded below; only its within-group differences matter after normalisation).
     A floating `num_tool_calls` keeps its dtype; integer counts give float64.
     """

@@ -4,7 +4,7 @@ from conf/reward/*.yaml and conf/loss/*.yaml and validate every parameter at con
 
 Deliberate simplifications:
 - every channel goes through the same loss function with the same clip settings and the same
-  importance ratio (REFERENCE: "same ratio in both terms");
+  importance ratio (docs/paper.md, "HDPO": the same ratio in both terms);
 - the KL penalty and the entropy bonus are added once, aggregated over the plain response
   mask of the whole mini-batch (not per channel), with the objective's `agg`;
 - a channel's loss is computed even when its weight is 0, so its metrics stay comparable.

@@ -21,10 +21,9 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from metis.tools._sandbox_protocol import smart_resize
+from metis.core.images import IMAGE_PLACEHOLDER, fit_image, smart_resize
 from metis.utils.registry import Registry
 
-IMAGE_PLACEHOLDER = "<image>"
 ERROR_KINDS = ("parse_error", "unknown_tool", "execution_error", "timeout", "refused", "limit")
 
 TOOLS: Registry[type[Tool]] = Registry("tool")
@@ -78,16 +77,6 @@ def escape_text(text: str) -> str:
 def error_observation(kind: str, message: str, latency_s: float = 0.0) -> Observation:
     assert kind in ERROR_KINDS, kind
     return Observation(text=escape_text(message), images=[], error=kind, latency_s=latency_s)
-
-
-def fit_image(img: Image.Image, min_pixels: int = 4096, max_pixels: int = 5120 * 32 * 32,
-              factor: int = 32) -> Image.Image:
-    """RGB, sides multiples of ``factor``, pixel count within [min_pixels, max_pixels]."""
-    img = img.convert("RGB")
-    h, w = smart_resize(img.height, img.width, factor, min_pixels, max_pixels)
-    if (h, w) != (img.height, img.width):
-        img = img.resize((w, h), Image.BICUBIC)
-    return img
 
 
 def encode_png(img: Image.Image) -> str:

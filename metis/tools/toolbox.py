@@ -4,7 +4,7 @@ error kind (parse_error, unknown_tool, execution_error, timeout, refused, limit)
 
 Deliberate simplifications: metrics keep the latest 10,000 latencies per tool (percentiles are
 nearest-rank over those); the per-trajectory call limit counts every call, including failed and
-refused ones, like T_i in REFERENCE.md.
+refused ones, like T_i in docs/paper.md ("HDPO").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from helpers import ANSWER, CALL, FakeToolBox, ScriptedEngine, make_task
-from metis.agent.format import parse_tool_call, ParseError, sanitize_observation, build_system_prompt
+from metis.core.format import parse_tool_call, ParseError, sanitize_observation, build_system_prompt
 from metis.agent.loop import AgentLoop, RolloutConfig
 
 

@@ -12,10 +12,10 @@ from PIL import Image, ImageDraw
 from metis.curation.compare import compare_observation, image_distance, normalize_text, texts_match
 from metis.curation.io import ResultLog, SampleSource, category_of, from_verl_row
 from metis.curation.judge import parse_judgement, render_transcript
-from metis.curation.llm import BadReply, ChatClient
+from metis.io.chat_client import BadReply, ChatClient
 from metis.curation.reexecute import split_images
 from metis.curation.synthetic_raw import sft_record
-from metis.rl.judge import JudgeUnavailable
+from metis.io.judge import JudgeUnavailable
 
 
 def test_text_normalisation_numbers_whitespace_addresses():

@@ -7,7 +7,7 @@ import json
 import pytest
 from bench_files import image
 
-from metis.data.task import Task
+from metis.core.task import Task
 from metis.eval.runner import EvalRunner, read_predictions
 
 

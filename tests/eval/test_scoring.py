@@ -13,7 +13,7 @@ from metis.eval.scoring import (
     score_records,
     tool_metrics,
 )
-from metis.rl.judge import JudgeUnavailable
+from metis.io.judge import JudgeUnavailable
 
 OPTS = {"A": "red", "B": "dark green", "C": "blue", "D": "green"}
 

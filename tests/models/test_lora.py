@@ -11,7 +11,7 @@ from metis.agent.loop import RolloutConfig
 from metis.data.prompts import PromptDataModule
 from metis.data.synthetic import make_tasks
 from metis.models import build_policy
-from metis.modules.hdpo import HDPOModule
+from metis.modules.rl import RLModule
 from metis.rl.scheme import PolicyObjective, RewardScheme
 
 
@@ -23,7 +23,7 @@ def test_lora_step_with_kl_to_the_base_and_merged_export(tiny_cache, tmp_path):
     tasks = make_tasks(1, seed=0, families=("arithmetic",), hard_fraction=0.0)
     tasks[0].answer = "42"
     engine = CyclingEngine(processor, [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]])
-    module = HDPOModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"),
+    module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"),
                         PolicyObjective(kl_coef=0.1), RolloutConfig(max_turns=4), group_size=4, lr=5e-2,
                         rollout_log_dir=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,

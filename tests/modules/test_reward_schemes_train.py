@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from metis.agent.loop import RolloutConfig
 from metis.data.prompts import PromptDataModule
 from metis.data.synthetic import make_tasks
-from metis.modules.hdpo import HDPOModule
+from metis.modules.rl import RLModule
 
 SCHEMES = sorted(p.stem for p in (CONF / "reward").glob("*.yaml"))
 
@@ -30,7 +30,7 @@ def test_scheme_trains_one_step(scheme, tiny_policy):
     tasks = make_tasks(1, seed=0, families=("arithmetic",), hard_fraction=0.0)
     tasks[0].answer = "42"
     engine = CyclingEngine(processor, [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]])
-    module = HDPOModule(model, processor, engine, FakeToolBox(), reward, objective, RolloutConfig(max_turns=4),
+    module = RLModule(model, processor, engine, FakeToolBox(), reward, objective, RolloutConfig(max_turns=4),
                         group_size=4, lr=1e-2, rollout_log_dir=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, num_sanity_val_steps=0, use_distributed_sampler=False)

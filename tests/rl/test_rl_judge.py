@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from metis.rl import JudgeUnavailable, LLMJudge, parse_verdict
+from metis.io.judge import JudgeUnavailable, LLMJudge, parse_verdict
 
 
 class ScriptedServer:

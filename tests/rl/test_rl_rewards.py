@@ -1,4 +1,4 @@
-"""Format reward, answer extraction, accuracy and tool rewards (REFERENCE: "HDPO, precisely")."""
+"""Format reward, answer extraction, accuracy and tool rewards (docs/paper.md, "HDPO")."""
 
 import math
 

@@ -17,10 +17,11 @@ from typing import Any
 from PIL import Image
 
 from metis.agent.engines import HFEngine
-from metis.agent.format import ToolCall, parse_tool_call
+from metis.core.format import ToolCall, parse_tool_call
 from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.data.converters import python_observation
-from metis.data.sft_synthetic import PYTHON_TOOL_SPEC, fit_image
+from metis.core.images import fit_image
+from metis.data.sft_synthetic import PYTHON_TOOL_SPEC
 from metis.data.synthetic import make_tasks
 from metis.rl.rewards import format_reward
 

@@ -23,7 +23,7 @@ import re
 import threading
 from pathlib import Path
 
-from metis.rl.chat_client import ChatClient, JudgeUnavailable  # noqa: F401  (JudgeUnavailable re-exported)
+from metis.io.chat_client import ChatClient, JudgeUnavailable  # noqa: F401  (JudgeUnavailable re-exported)
 from metis.rl.verifiers import max_over_truths
 
 JUDGE_PROMPT_VERSION = "v1"

@@ -1,7 +1,7 @@
 """A small OpenAI-compatible chat-completions client with retries and a persistent reply cache.
 
 The HTTP and failure policy of every LLM call in Metis (the CORRECT/INCORRECT answer judge in
-:mod:`metis.rl.judge`, the curation rubric judge): server down, timeouts,
+:mod:`metis.io.judge`, the curation rubric judge): server down, timeouts,
 5xx/429 and replies the caller's ``parse`` rejects are retried with exponential backoff; when the
 retries are spent, :class:`JudgeUnavailable` is raised (:class:`BadReply`, a
 subclass, when the server answered but never parseably). Other 4xx raise at once. Nothing is ever

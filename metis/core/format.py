@@ -1,4 +1,4 @@
-"""The Metis turn format: system prompt, tool-call parsing, observation turns (REFERENCE.md)."""
+"""The Metis turn format: system prompt, tool-call parsing, observation turns (docs/paper.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from metis.core.images import IMAGE_PLACEHOLDER
 
 SYSTEM_PROMPT_HEAD = (
     "You are an efficient problem-solving agent. Your goal is to answer the user's question "
@@ -19,7 +21,6 @@ FORMAT_GUIDE = (
 )
 NO_TOOLS_GUIDE = "Think inside <reason>...</reason>, then give the final answer inside <answer>...</answer>."
 
-IMAGE_PLACEHOLDER = "<image>"
 VISION_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"
 # What the engine forces after a tool call: close the assistant turn, open a user turn with the
 # observation, reopen the assistant turn. All of it is masked out of the loss.

@@ -20,9 +20,9 @@ import torch
 from metis.agent.batching import response_tensors
 from metis.agent.logprobs import response_logprobs
 from metis.agent.loop import AgentLoop, RolloutConfig
-from metis.agent.trajectory import Trajectory
-from metis.data.task import Task
 from metis.agent.metrics import engine_logprob_gap, rollout_metrics
+from metis.core.task import Task
+from metis.core.trajectory import Trajectory
 from metis.modules.sharding import apply_fsdp2, export_policy, gathered, is_sharded
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
@@ -33,7 +33,7 @@ from metis.utils.rng import fault_injection, rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 
-class HDPOModule(L.LightningModule):
+class RLModule(L.LightningModule):
     """Online RL over multi-turn tool rollouts with any registered reward scheme.
 
     Args:

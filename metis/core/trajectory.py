@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from metis.data.task import Task
+from metis.core.task import Task
 
 
 @dataclass
