@@ -24,7 +24,7 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
 
 def test_bare_default_is_hdpo_tiny():
     cfg = compose_cfg()
-    assert cfg.experiment_name == "hdpo_tiny"
+    assert cfg.experiment_name == "rl_tiny_hdpo"  # run names carry the reward scheme
     assert cfg.model.tiny is not None and cfg.trainer.accelerator == "cpu"
     assert cfg.reward.name == "hdpo" and cfg.reward.w_tool == 0.15
 
