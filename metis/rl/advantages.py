@@ -21,8 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from metis.rl.rewards import TOOL_REWARD_SHAPES, accuracy_reward, tool_reward
 from metis.rl.params import NonNegative, Positive, TypedFunction
+from metis.rl.rewards import TOOL_REWARD_SHAPES, accuracy_reward, tool_reward
 from metis.rl.types import AdvantageChannel, AdvantageResult, RolloutScores
 from metis.utils.registry import Registry
 

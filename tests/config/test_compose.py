@@ -49,12 +49,12 @@ def test_cli_prints_full_8b_config_without_gpu():
     assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and cfg.trainer.accelerator == "gpu"
 
 
-@pytest.mark.parametrize("experiment", ["hdpo_8b", "hdpo_8b_lora"])
-def test_8b_experiments_validate_without_gpu(experiment):
+@pytest.mark.parametrize("experiment, run_name", [("hdpo_8b", "rl_8b_hdpo"), ("hdpo_8b_lora", "rl_8b_lora_hdpo")])
+def test_8b_experiments_validate_without_gpu(experiment, run_name):
     out = subprocess.run([sys.executable, "-m", "metis.train", f"experiment={experiment}", "dry_run=true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"config OK: {experiment}" in out.stdout
+    assert f"config OK: {run_name}" in out.stdout  # run names carry the reward scheme
 
 
 def test_bad_config_fails_at_startup_naming_the_key():
