@@ -1,6 +1,6 @@
 """cProfile of one RL step (after a warm-up step) on the benchmark's setup.
 
-    bench/.venv/bin/python bench/profile_step.py [--contender metis|metis-before|trl] [--group 8]
+    bench/.venv/bin/python bench/profile_step.py [--contender metis|trl] [--group 8]
 
 Writes bench/results/profile_<contender>.txt (top functions by cumulative and by own time).
 """
@@ -25,7 +25,7 @@ from bench.common import (CACHE, ScriptedToolCalls, fresh_copy, load_tiny, make_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--contender", default="metis", choices=["metis", "metis-before", "trl"])
+    ap.add_argument("--contender", default="metis", choices=["metis", "trl"])
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=25)
@@ -63,8 +63,7 @@ def main() -> None:
             res = rb.trl_steps(fresh_copy(model), str(build_tiny(str(CACHE / "tiny"))), toolbox, forcer, tasks,
                                args.group, 3)
         else:
-            res = rb.hdpo_steps(fresh_copy(model), processor, toolbox, forcer, tasks, args.group, 3,
-                                before=args.contender == "metis-before")
+            res = rb.hdpo_steps(fresh_copy(model), processor, toolbox, forcer, tasks, args.group, 3)
     finally:
         prof.disable()
         warm_pool(toolbox, 5)

@@ -8,11 +8,13 @@ sampling settings (T=1, top-p 1, top-k off) and the same scripted tool-call poli
 bench/common.py):
 
 1. rollout  - generated model tokens/s and trajectories/s, group size 8 and 16, 3 prompts scripted
-              to make 1, 2 and 3 tool calls: Metis, Metis as it was before this work
-              ("metis-before"), a naive one-trajectory-at-a-time loop, TRL GRPOTrainer's
-              generation-with-tools loop.
-2. step     - full RL step (rollouts + old log-probs + policy update): Metis HDPO (Lightning), the
-              same before this work, TRL GRPOTrainer; per-part breakdown.
+              to make 1, 2 and 3 tool calls: Metis, a naive one-trajectory-at-a-time loop, TRL
+              GRPOTrainer's generation-with-tools loop.
+2. step     - full RL step (rollouts + old log-probs + policy update): Metis HDPO (Lightning), TRL
+              GRPOTrainer; per-part breakdown.
+
+Metis as it was at an older commit is measured by running that commit's own copy of this
+benchmark in a git worktree: ``bash bench/before.sh <commit> [arguments]`` (bench/README.md).
 3. scaling  - Metis HDPO step time vs group size (4, 8, 16, 32), tool turns (1..5) and image size.
 4. sft      - bench/sft_throughput.py (another engineer's): SFT tokens/s with and without
               length-aware batching.
@@ -60,25 +62,14 @@ def have_trl() -> bool:
 
 # ---- Metis -----------------------------------------------------------------------------------------
 
-def metis_loop(model, processor, toolbox, forcer, max_turns: int, before: bool = False, timers: Timers | None = None):
-    from metis.agent.loop import RolloutConfig
+def metis_loop(model, processor, toolbox, forcer, max_turns: int, timers: Timers | None = None):
+    from metis.agent.engines import HFEngine
+    from metis.agent.loop import AgentLoop, RolloutConfig
 
     cfg = RolloutConfig(max_turns=max_turns, max_new_tokens=MAX_NEW, max_response_tokens=2048, tool_workers=8)
-    if before:
-        from bench.legacy.engines import HFEngine as OldEngine
-        from bench.legacy.loop import AgentLoop as OldLoop
-
-        install_forcer(model, forcer)
-        engine = OldEngine()
-        engine.bind(model, processor)
-        loop = OldLoop(engine, toolbox, processor, cfg)
-    else:
-        from metis.agent.engines import HFEngine
-        from metis.agent.loop import AgentLoop
-
-        engine = HFEngine(logits_processors=[forcer])
-        engine.bind(model, processor)
-        loop = AgentLoop(engine, toolbox, processor, cfg)
+    engine = HFEngine(logits_processors=[forcer])
+    engine.bind(model, processor)
+    loop = AgentLoop(engine, toolbox, processor, cfg)
     if timers is not None:
         timers.wrap(engine, "generate", "generation")
         timers.wrap(loop, "_call_tool", "tools")
@@ -95,7 +86,7 @@ def rollout_once(kind: str, ctx: dict, tasks, n: int) -> dict:
     with no_refill(toolbox), PeakRSS() as mem:
         t0 = time.perf_counter()
         wait0 = getattr(ctx["loops"].get(kind), "stats", {}).get("tool_wait_s", 0.0)
-        if kind in ("metis", "metis-before"):
+        if kind == "metis":
             trajs = ctx["loops"][kind].run(tasks, n=n)
             res = {"model_tokens": sum(sum(t.response_mask) for t in trajs), "trajectories": len(trajs),
                    "tool_calls": sum(t.num_tool_calls for t in trajs),
@@ -126,12 +117,11 @@ def rollout_once(kind: str, ctx: dict, tasks, n: int) -> dict:
 def section_rollout(args, model, processor, model_dir) -> list[dict]:
     toolbox = python_toolbox(pool_size=max(args.groups) * len(MIXED))
     forcer = ScriptedToolCalls(processor.tokenizer, free_tokens=FREE_TOKENS)
-    kinds = ["metis", "metis-before", "naive"] + (["trl"] if have_trl() else [])
+    kinds = ["metis", "naive"] + (["trl"] if have_trl() else [])
     ctx = {"toolbox": toolbox, "processor": processor, "timers": {k: Timers() for k in kinds},
            "models": {k: fresh_copy(model) for k in kinds}, "loops": {}}
-    for kind in ("metis", "metis-before"):
-        ctx["loops"][kind] = metis_loop(ctx["models"][kind], processor, toolbox, forcer, max(MIXED) + 3,
-                                        before=kind == "metis-before", timers=ctx["timers"][kind])
+    ctx["loops"]["metis"] = metis_loop(ctx["models"]["metis"], processor, toolbox, forcer, max(MIXED) + 3,
+                                       timers=ctx["timers"]["metis"])
     install_forcer(ctx["models"]["naive"], forcer)
     tasks = make_tasks(MIXED)
     if "trl" in kinds:
@@ -163,32 +153,23 @@ def section_rollout(args, model, processor, model_dir) -> list[dict]:
 
 # ---- RL step -----------------------------------------------------------------------------------------
 
-def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps: int, before: bool = False,
-               max_turns: int = 6) -> dict:
+def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps: int, max_turns: int = 6) -> dict:
     """``steps`` HDPO steps through Lightning; per-step wall time and per-part breakdown (medians)."""
     import lightning as L
 
-    import metis.modules.rl as hdpo_mod
     from metis.agent.loop import RolloutConfig
     from metis.data.prompts import PromptDataModule
     from metis.modules.rl import RLModule
-    from metis.rl.scheme import PolicyObjective, RewardScheme
+    from metis.rl.scheme import PolicyLoss, RewardScheme
 
     timers = Timers()
     cfg = RolloutConfig(max_turns=max_turns, max_new_tokens=MAX_NEW, max_response_tokens=2048, tool_workers=8)
     from metis.agent.engines import HFEngine
 
     module = RLModule(model, processor, HFEngine(logits_processors=[forcer]), toolbox, RewardScheme("hdpo"),
-                        PolicyObjective(clip_low=0.2, clip_high=0.28), cfg, group_size=group_size,
+                        PolicyLoss(clip_low=0.2, clip_high=0.28), cfg, group_size=group_size,
                         micro_batch_size=16, lr=1e-4, grad_cosine_every=0, rollout_log_dir=None)
     module.teardown = lambda stage: None  # the toolbox (and its warm pool) is shared by the runs: closed by the caller
-    saved_lp = hdpo_mod.response_logprobs
-    if before:  # the agent loop, engine and log-prob code as they were
-        from bench.legacy.logprobs import response_logprobs as old_lp
-
-        module.agent = metis_loop(model, processor, toolbox, forcer, max_turns, before=True)
-        module.engine = module.agent.engine
-        hdpo_mod.response_logprobs = old_lp
     timers.wrap(module.agent.engine, "generate", "generation")
     timers.wrap(module.agent, "_call_tool", "tools")
     timers.wrap(module, "_logprobs", "old_logprobs")
@@ -222,10 +203,7 @@ def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps:
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[StepTimer()])
     torch.manual_seed(0)
-    try:
-        trainer.fit(module, datamodule=dm)
-    finally:
-        hdpo_mod.response_logprobs = saved_lp
+    trainer.fit(module, datamodule=dm)
     out = _step_summary(step_times, parts, mems)
     out["threads_found"] = max(threads) if threads else 0
     return out
@@ -292,8 +270,7 @@ def step_worker(args, model, processor, model_dir) -> dict:
         if kind == "trl":
             r = trl_steps(fresh_copy(model), model_dir, toolbox, forcer, tasks, args.step_group, args.steps + 1)
         else:
-            r = hdpo_steps(fresh_copy(model), processor, toolbox, forcer, tasks, args.step_group, args.steps + 1,
-                           before=kind == "metis-before")
+            r = hdpo_steps(fresh_copy(model), processor, toolbox, forcer, tasks, args.step_group, args.steps + 1)
     finally:
         toolbox.close()
     print("RESULT " + json.dumps(r), flush=True)
@@ -310,7 +287,7 @@ def settle(toolbox, seconds: float = 2.0) -> None:
 def section_step(args, model, processor, model_dir) -> list[dict]:
     """Each contender's run in a fresh process (no state carried over from another contender),
     contenders interleaved round by round."""
-    kinds = ["metis", "metis-before"] + (["trl"] if have_trl() else [])
+    kinds = ["metis"] + (["trl"] if have_trl() else [])
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for rnd in range(args.step_rounds):
         for kind in kinds:
@@ -422,7 +399,7 @@ def ratios(results: dict) -> list[str]:
     roll = {(r["group_size"], r["contender"]): r for r in results.get("rollout", [])}
     for g in sorted({k[0] for k in roll}):
         m = roll.get((g, "metis"))
-        for peer in ("naive", "trl", "metis-before"):
+        for peer in ("naive", "trl"):
             p = roll.get((g, peer))
             if m and p:
                 out.append(f"rollout G={g}: Metis / {peer} = {m['tokens_per_s'] / p['tokens_per_s']:.2f}x tokens/s "
@@ -431,7 +408,7 @@ def ratios(results: dict) -> list[str]:
             out.append(f"rollout G={g}: Metis waits on tools {100 * m['tool_share']:.1f}% of the rollout wall time "
                        f"(tool calls take {100 * m['tools_s'] / m['wall_s']:.1f}% in sum, mostly overlapped)")
     step = {r["contender"]: r for r in results.get("step", [])}
-    for peer in ("trl", "metis-before"):
+    for peer in ("trl",):
         if "metis" in step and peer in step:
             out.append(f"RL step: Metis / {peer} = {step[peer]['step_s'] / step['metis']['step_s']:.2f}x steps/s")
     sc = [r for r in results.get("scaling", []) if r["axis"] == "group_size"]

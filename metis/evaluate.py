@@ -26,6 +26,7 @@ from metis.eval.report import (
 )
 from metis.eval.runner import EvalRunner
 from metis.eval.scoring import aggregate, score_records
+from metis.utils.registry import import_extensions
 
 log = logging.getLogger("metis.evaluate")
 
@@ -51,6 +52,7 @@ def build_judge(cfg_judge: Any, cache_path: Path):
 
 def evaluate(cfg: DictConfig, model=None, processor=None, toolbox=None, engine=None, logger=None) -> dict[str, Any]:
     """Run one benchmark; parts given as arguments replace the configured ones (tests, notebooks)."""
+    import_extensions(cfg.get("extensions"))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,8 +3,8 @@
 Trains a tabular tool-use policy (metis/sim) with one or more registered reward schemes on one
 scenario, `num_seeds` seeds vectorised in one process, and writes summary.{md,csv}, curves.csv,
 curves_per_seed.csv and curves.png to the run directory (and to W&B with ``logger=wandb``).
-``--multirun reward=hdpo,grpo seed=0,5`` works (one table per job); ``schemes=all`` (or
-``python -m metis.simulate_sweep``) runs every registered scheme plus `variants` in one process.
+``--multirun reward=hdpo,grpo seed=0,5`` works (one table per job); ``schemes=all`` runs every
+registered scheme plus `variants` in one process.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from metis.sim.engine import History, SimConfig, simulate
 from metis.sim.report import log_to_wandb, write_report
 from metis.sim.scenario import build_scenario
 from metis.sim.schemes import resolve_schemes
+from metis.utils.registry import import_extensions
 
 log = logging.getLogger("metis.simulate")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -30,6 +31,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 def run_simulation(cfg: DictConfig) -> dict[str, Any]:
     """Build scenario, schemes and objective from ``cfg``, simulate, write the report."""
+    import_extensions(cfg.get("extensions"))
     torch.set_num_threads(int(cfg.get("threads", 1)))
     out_dir = Path(cfg.paths.output_dir)
     scenario = build_scenario(OmegaConf.to_container(cfg.sim, resolve=True))  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from metis.utils.registry import import_extensions
 from metis.utils.run import dry_run, finish_run, plain_hparams, prepare_run
 
 log = logging.getLogger("metis.train")
@@ -19,6 +20,7 @@ log = logging.getLogger("metis.train")
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build every part from ``cfg`` and fit; returns the final logged metrics."""
+    import_extensions(cfg.get("extensions"))
     if cfg.get("dry_run"):
         return dry_run(cfg)
     run = prepare_run(cfg)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Callable
 
 from hydra import compose, initialize_config_dir
 from PIL import Image
@@ -82,6 +87,54 @@ class ScriptedEngine:
             ids = self.tok(self.scripts[k][turn], add_special_tokens=False)["input_ids"]
             out.append(ids[:max_new_tokens])
         return out
+
+
+class ScriptedHTTPServer:
+    """A loopback HTTP server for tests (the one copy: judge, search and curation tests use it).
+
+    Every POST's JSON body is appended to ``requests`` and its headers (case-insensitive lookup) to
+    ``headers``; the reply is ``respond(body, index) -> (status, payload, delay_s)``: it waits
+    ``delay_s``, then sends ``payload`` (bytes as they are, anything else as JSON).
+    ``url`` is ``http://127.0.0.1:<port><path>``.
+    """
+
+    def __init__(self, respond: Callable[[Any, int], tuple[int, Any, float]], path: str = "") -> None:
+        self.requests: list[Any] = []
+        self.headers: list[Any] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("content-length", 0) or 0))
+                body = json.loads(raw or b"{}")
+                outer.requests.append(body)
+                outer.headers.append(self.headers)
+                status, payload, delay = respond(body, len(outer.requests) - 1)
+                if delay:
+                    time.sleep(delay)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (timeouts are part of the tests)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def make_task():

@@ -20,9 +20,9 @@ COMMON = ["trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=1", "
 
 def train(run_dir: Path, cache: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, METIS_CACHE=str(cache))
-    env.pop("METIS_FAULT_KILL_AT_STEP", None)
-    if kill_at is not None:
-        env["METIS_FAULT_KILL_AT_STEP"] = str(kill_at)
+    if kill_at is not None:  # a test-side callback (tests/fault_injection.py) SIGKILLs the run mid-step
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+        extra = (*extra, "+callbacks.kill._target_=fault_injection.KillMidStep", f"+callbacks.kill.step={kill_at}")
     return subprocess.run([sys.executable, "-m", "metis.train", f"hydra.run.dir={run_dir}", *COMMON, *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

@@ -17,7 +17,7 @@ keep registered_only registered_only
 
 # 2. every scenario: registered schemes + the variants of conf/simulate.yaml
 for s in flat_after_one more_calls_help partial_help weak_model growing_skill item_pool; do
-  $PY -m metis.simulate_sweep sim=$s hydra.run.dir=$RUNS/$s report.per_seed_csv=false
+  $PY -m metis.simulate sim=$s schemes=all hydra.run.dir=$RUNS/$s report.per_seed_csv=false
   keep $s $s
 done
 cp $RUNS/flat_after_one/curves.png $OUT/flat_after_one/

@@ -16,9 +16,6 @@ import torch
 
 from metis.agent.batching import model_inputs
 from metis.core.trajectory import Trajectory
-from metis.utils.registry import Registry
-
-ENGINES: Registry = Registry("rollout engine")
 
 
 class Engine(Protocol):
@@ -40,10 +37,9 @@ class _Prefix:
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), [kv_heads, len(ids), head_dim]
     pos_end: int  # the M-RoPE position of the next token
     images: int  # images of ``traj.encoded`` already inside the cache
-    weights: tuple[int, ...]  # parameter versions the cache was computed with
+    weights: int  # the engine's weight generation the cache was computed with (see sync_weights)
 
 
-@ENGINES.register("hf")
 class HFEngine:
     """Batched generation with a transformers model, stopping on any of ``stop_ids``.
 
@@ -61,8 +57,8 @@ class HFEngine:
     re-encoded context, the reference path); sampling draws from the same distribution
     (temperature, then top-k, then top-p, as ``generate``) but consumes random numbers differently.
     Caches live only for the rollout: :meth:`release` (called by the agent loop at the end of a
-    run), :meth:`after_rollout` and :meth:`sync_weights` drop them, and an entry whose weights have
-    changed in place since (an optimizer step) is never used.
+    run), :meth:`after_rollout` and :meth:`sync_weights` drop them, and an entry computed before the
+    last :meth:`sync_weights` (the trainer calls it after every update) is never used.
 
     ``logits_processors``: optional ``transformers``-style processors ``f(input_ids, scores)``
     applied before the token bans and sampling (both paths), e.g. to script a policy in benchmarks.
@@ -81,10 +77,12 @@ class HFEngine:
         self.processor = None
         self._prefix: dict[int, _Prefix] = {}
         self._cache_kwarg: str | None = None
+        self._generation = 0  # bumped by bind / sync_weights: caches of older weights are stale
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0}
 
     def bind(self, model, processor) -> None:
         self.model, self.processor = model, processor
+        self._generation += 1
         self._prefix.clear()
         self._cache_kwarg = None
 
@@ -94,6 +92,7 @@ class HFEngine:
 
     def sync_weights(self, model) -> None:
         """Nothing to push (generation uses the trainer's module); cached prefixes are stale."""
+        self._generation += 1
         self._prefix.clear()
 
     def release(self, trajs: Sequence[Trajectory]) -> None:
@@ -162,11 +161,10 @@ class HFEngine:
         return [cut_at_stop(row, stop_ids) for row in new]
 
     # ---- the fast path: own decode loop with kept KV caches ---------------------------------
-    def _weights_version(self) -> tuple[int, ...]:
-        params = list(self.model.parameters())
-        return tuple(p._version for p in (params[0], params[len(params) // 2], params[-1]))
+    def _weights_version(self) -> int:
+        return self._generation
 
-    def _lookup(self, traj: Trajectory, version: tuple[int, ...]) -> _Prefix | None:
+    def _lookup(self, traj: Trajectory, version: int) -> _Prefix | None:
         entry = self._prefix.get(id(traj))
         if entry is None:
             return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Sequence
 
-from metis.agent.engines import ENGINES, suppressed_ids
+from metis.agent.engines import suppressed_ids
 from metis.core.trajectory import Trajectory
 
 INSTALL_HINT = ("rollout=vllm needs vLLM on a CUDA machine: pip install -e '.[gpu]' (or pip install vllm); "
@@ -39,7 +39,6 @@ def collapse_image_pads(ids: list[int], image_token_id: int) -> list[int]:
     return out
 
 
-@ENGINES.register("vllm")
 class VLLMEngine:
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,

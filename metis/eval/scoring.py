@@ -19,10 +19,9 @@ and tool use: tool-use rate, mean tool calls, calls per tool, mean turns, failur
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -257,9 +256,3 @@ def wemath_metrics(scored: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {f"wemath/{k}": counts[k] / total for k in ("IK", "IG", "CM", "RM")} | {"wemath/composites": float(total)}
 
 
-def primary_value(metrics: dict[str, float], key: str = "accuracy") -> float:
-    value = metrics.get(key, metrics.get("accuracy", float("nan")))
-    return float(value) if value is not None else math.nan
-
-
-MetricFn = Callable[[Sequence[dict[str, Any]]], dict[str, float]]

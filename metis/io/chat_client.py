@@ -2,7 +2,8 @@
 
 The HTTP and failure policy of every LLM call in Metis (the CORRECT/INCORRECT answer judge in
 :mod:`metis.io.judge`, the curation rubric judge): server down, timeouts,
-5xx/429 and replies the caller's ``parse`` rejects are retried with exponential backoff; when the
+5xx/429 and replies the caller's ``parse`` rejects are retried (:mod:`metis.io.http`: Retry-After or
+exponential backoff, capped at ``max_backoff_s``); when the
 retries are spent, :class:`JudgeUnavailable` is raised (:class:`BadReply`, a
 subclass, when the server answered but never parseably). Other 4xx raise at once. Nothing is ever
 scored silently.
@@ -27,9 +28,9 @@ from typing import Any, Callable, TypeVar
 
 import httpx
 
+from metis.io.http import is_retryable, retry_delay
 
 T = TypeVar("T")
-_RETRY_STATUS = {408, 409, 425, 429}
 
 
 class JudgeUnavailable(RuntimeError):
@@ -108,10 +109,11 @@ class ChatClient:
                 return parsed, cached
         payload: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
                                    "max_tokens": self.max_tokens, **self.extra_body}
-        last, answered = "no attempt made", False
+        last, answered, retry_after = "no attempt made", False, None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+                time.sleep(retry_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after))
+                retry_after = None
             with self._lock:
                 self.requests += 1
             try:
@@ -122,8 +124,9 @@ class ChatClient:
             except httpx.TransportError as err:
                 last = f"cannot reach the server ({type(err).__name__}: {err})"
                 continue
-            if resp.status_code in _RETRY_STATUS or resp.status_code >= 500:
+            if is_retryable(resp.status_code):
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                retry_after = resp.headers.get("retry-after")
                 continue
             if resp.status_code >= 400:
                 raise JudgeUnavailable(f"LLM judge {self.model!r} at {self.url} refused the request (HTTP "

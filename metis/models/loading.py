@@ -145,14 +145,22 @@ def quantization_config(kind: str, compute_dtype: torch.dtype, lora: dict | None
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+# attention and MLP projections of the text decoder only (module names start with model.language_model)
+LANGUAGE_MODEL_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def apply_lora(model, r: int = 16, alpha: int | None = None, dropout: float = 0.05,
                target_modules: list[str] | str = "language-model-linear"):
-    """Wrap ``model`` with a PEFT LoRA adapter on the language model's projections."""
+    """Wrap ``model`` with a PEFT LoRA adapter on the language model's projections.
+
+    The one LoRA entry point (``model.lora`` for RL, ``module.lora`` for SFT), keys
+    ``{r, alpha, dropout, target_modules}``; ``alpha`` defaults to ``2 * r``.
+    """
     from peft import LoraConfig, get_peft_model
 
     if target_modules == "language-model-linear":
-        # attention and MLP projections of the text decoder only (module names start with model.language_model)
-        target_modules = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        target_modules = LANGUAGE_MODEL_LINEAR
+    alpha = 2 * r if alpha is None else alpha
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)

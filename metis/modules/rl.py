@@ -28,7 +28,7 @@ from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
 from metis.utils.metrics import flatten_numeric
-from metis.utils.rng import fault_injection, rng_state, set_rng_state
+from metis.utils.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class RLModule(L.LightningModule):
         ppo_epochs: passes over the step's rollouts (paper: 1).
         val_group_size: greedy rollouts per validation prompt.
         micro_batch_size: rollouts per forward/backward; gradients of a mini-batch's micro-batches
-            add up exactly to the mini-batch gradient (see ``PolicyObjective.denominators``).
+            add up exactly to the mini-batch gradient (see ``PolicyLoss.denominators``).
         rollout_log_dir: where each step's trajectories are appended as JSON lines (None: off).
         cpu_offload: with FSDP2, keep sharded parameters and optimizer state in CPU memory.
         optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, 8-bit states).
@@ -199,7 +199,6 @@ class RLModule(L.LightningModule):
             log.warning("RL step %d: no rollouts (all %d prompts skipped); no update", self.rl_step + 1, len(batch))
             self.trainer.datamodule.step_done(batch)
             return
-        fault_injection(self.rl_step + 1)
         scores = self.score(trajs)
         result = self.scheme.compute(scores)
         _, mask = response_tensors(trajs)
@@ -250,7 +249,7 @@ class RLModule(L.LightningModule):
         self.toolbox.reset_metrics()  # per-step tool statistics
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, batch_size=len(trajs))
         self.log("accuracy", out["accuracy"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
-        self.log("tool_rate", out["tool_call_rate"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
+        self.log("tool_call_rate", out["tool_call_rate"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
         self._save_rollouts(trajs, scores, result, "train")
 
     # ---- validation --------------------------------------------------------------------------

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 import transformers.modeling_utils as hf_modeling
 
+from metis.models.loading import apply_lora
 from metis.modules.sharding import apply_fsdp2, export_policy, is_sharded
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # transformers >= 5.2x accepts a boolean [B, L] ``logits_to_keep`` (per-row positions)
 _BOOL_LOGITS_TO_KEEP = hasattr(hf_modeling, "slice_logits_to_keep")
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
@@ -44,18 +44,6 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ra
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def apply_lora(model, lora: dict[str, Any]):
-    """Wrap the language model's linear layers with PEFT LoRA; everything else is frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = dict(lora)
-    cfg.setdefault("target_modules", LORA_TARGETS)
-    cfg.setdefault("r", 16)
-    cfg.setdefault("lora_alpha", 2 * cfg["r"])
-    cfg.setdefault("lora_dropout", 0.0)
-    return get_peft_model(model, LoraConfig(**cfg))
-
-
 class SFTModule(L.LightningModule):
     """Supervised fine-tuning of the policy on tool-use trajectories (the cold start).
 
@@ -64,7 +52,8 @@ class SFTModule(L.LightningModule):
         warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr`` at
             ``max_steps`` (``None``: the trainer's ``max_steps`` or its estimated stepping batches).
         scheduler: ``cosine`` or ``constant`` (after warm-up).
-        lora: ``None`` for full fine-tuning, else PEFT ``LoraConfig`` kwargs (``r``, ``lora_alpha``, ...).
+        lora: ``None`` for full fine-tuning, else ``{r, alpha, dropout, target_modules}`` of
+            :func:`metis.models.loading.apply_lora` (the keys of ``model.lora``).
         freeze_vision: do not train the vision tower (and merger).
         gradient_checkpointing: non-reentrant activation checkpointing in the model.
     """
@@ -79,7 +68,7 @@ class SFTModule(L.LightningModule):
         if lora:
             if hasattr(model, "peft_config"):
                 raise ValueError("the policy already carries LoRA adapters (model.lora): leave module.lora null")
-            model = apply_lora(model, lora)
+            model = apply_lora(model, **dict(lora))
         core = model.get_base_model() if hasattr(model, "peft_config") else model
         if freeze_vision:
             for p in core.model.visual.parameters():

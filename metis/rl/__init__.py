@@ -1,27 +1,23 @@
-"""Pure reward, advantage and loss code (torch + stdlib; math_verify and httpx for verifiers).
+"""Pure reward, advantage and loss code (torch and the standard library; math_verify for verifiers).
 
 Never imports models, agent, tools or Lightning. Every formula of docs/paper.md lives here once.
 """
 
-from metis.rl.advantages import (
-    ADVANTAGE_ESTIMATORS,
-    grpo_advantages,
-    hdpo_advantages,
-    validate_estimator_params,
-)
+from metis.rl.advantages import REWARD_SCHEMES, grpo_advantages, hdpo_advantages
 from metis.rl.losses import AGGREGATIONS, POLICY_LOSSES, clipped_policy_loss, kl_k3, masked_aggregate
+from metis.rl.params import NonNegative, Positive, Range
 from metis.rl.rewards import TOOL_REWARD_SHAPES, accuracy_reward, extract_answer, format_reward, tool_reward
-from metis.rl.scheme import PolicyObjective, RewardScheme
+from metis.rl.scheme import PolicyLoss, RewardScheme
 from metis.rl.types import AdvantageChannel, AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS, extract_choices, normalize_text, parse_number
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS",
+    "REWARD_SCHEMES",
     "AGGREGATIONS",
     "AdvantageChannel",
     "AdvantageResult",
     "POLICY_LOSSES",
-    "PolicyObjective",
+    "PolicyLoss",
     "RewardScheme",
     "RolloutScores",
     "TOOL_REWARD_SHAPES",
@@ -35,8 +31,10 @@ __all__ = [
     "hdpo_advantages",
     "kl_k3",
     "masked_aggregate",
+    "NonNegative",
+    "Positive",
+    "Range",
     "normalize_text",
     "parse_number",
     "tool_reward",
-    "validate_estimator_params",
 ]

@@ -1,4 +1,4 @@
-"""Group-relative advantages (GRPO, HDPO) and the registry of reward/advantage schemes.
+"""Group-relative advantages (GRPO, HDPO) and the reward schemes (the ``REWARD_SCHEMES`` registry).
 
 Formulas: docs/paper.md, "HDPO" and "The coupled baseline"; one section per scheme in
 docs/reward_schemes.md.
@@ -15,21 +15,26 @@ Deliberate simplifications:
 
 from __future__ import annotations
 
-import functools
 import math
-from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from metis.rl.params import NonNegative, Positive, TypedFunction
 from metis.rl.rewards import TOOL_REWARD_SHAPES, accuracy_reward, tool_reward
 from metis.rl.types import AdvantageChannel, AdvantageResult, RolloutScores
 from metis.utils.registry import Registry
 
-ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+# name -> fn(scores, *, typed keyword parameters) -> AdvantageResult. ``@REWARD_SCHEMES.register(name)``
+# reads the parameters' types, defaults and bounds from the signature (metis.rl.params), so
+# ``REWARD_SCHEMES.get(name)(scores, **params)`` and ``RewardScheme(name, **params)`` check them.
+REWARD_SCHEMES: Registry[TypedFunction] = Registry(
+    "reward scheme", prepare=lambda name, fn: TypedFunction(fn, f"reward scheme {name!r}"))
 
 ELIGIBLE = ("correct", "correct_and_used_tools")
+Eligible = Literal[ELIGIBLE]  # type: ignore[valid-type]
+ToolRewardShape = Literal[TOOL_REWARD_SHAPES]  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------- group statistics
@@ -110,62 +115,6 @@ def _frac_groups(values: Tensor, group_ids: Tensor, pred: str) -> float:
     return float((hit > 0).double().mean())
 
 
-# ----------------------------------------------------------------------------- parameter checks
-_NONNEG = {"w_acc", "w_tool", "alpha", "lam", "ans_weight", "fmt_weight", "bonus_weight", "beta"}
-_BOOL = {"normalize_std", "condition_tool_on_correct", "tool_term_nonzero_only"}
-_CHOICES: dict[str, tuple[str, ...]] = {"eligible": ELIGIBLE, "tool_reward_shape": TOOL_REWARD_SHAPES}
-
-
-def _check_value(scheme: str, key: str, value: Any) -> Any:
-    where = f"reward scheme {scheme!r}, parameter {key!r}"
-    if key in _BOOL:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be a bool, got {value!r}")
-        return value
-    if key in _CHOICES:
-        if value not in _CHOICES[key]:
-            raise ValueError(f"{where} must be one of {_CHOICES[key]}, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where} must be a finite number, got {value!r}")
-    if key == "eps" and value <= 0:
-        raise ValueError(f"{where} must be > 0, got {value!r}")
-    if key in _NONNEG and value < 0:
-        raise ValueError(f"{where} must be >= 0, got {value!r}")
-    return float(value)
-
-
-def validate_estimator_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every parameter of scheme `name` (defaults filled in), or ValueError naming the bad key."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown reward scheme {name!r}; known: {', '.join(ADVANTAGE_ESTIMATORS.names())}")
-    defaults: Mapping[str, Any] = ADVANTAGE_ESTIMATORS.get(name).defaults  # type: ignore[attr-defined]
-    for key in params:
-        if key not in defaults:
-            raise ValueError(
-                f"unknown parameter {key!r} for reward scheme {name!r}; accepted: {', '.join(defaults)}"
-            )
-    return {k: _check_value(name, k, params.get(k, d)) for k, d in defaults.items()}
-
-
-_EstimatorFn = Callable[..., AdvantageResult]
-
-
-def _estimator(name: str, **defaults: Any) -> Callable[[_EstimatorFn], _EstimatorFn]:
-    """Register fn(scores, **params) under `name`; params are validated against `defaults`."""
-
-    def deco(fn: _EstimatorFn) -> _EstimatorFn:
-        @functools.wraps(fn)
-        def wrapper(scores: RolloutScores, **params: Any) -> AdvantageResult:
-            return fn(scores, **validate_estimator_params(name, params))
-
-        wrapper.defaults = MappingProxyType(dict(defaults))  # type: ignore[attr-defined]
-        ADVANTAGE_ESTIMATORS.register(name)(wrapper)
-        return wrapper
-
-    return deco
-
-
 # ----------------------------------------------------------------------------- result assembly
 def _result(
     scores: RolloutScores,
@@ -217,17 +166,14 @@ def _tool_gate(scores: RolloutScores, condition_on_correct: bool) -> Tensor:
     return torch.ones(len(scores), dtype=torch.bool, device=scores.r_ans.device)
 
 
-_COMMON = dict(ans_weight=0.9, fmt_weight=0.1, normalize_std=True, eps=1e-6)
-
-
 # ----------------------------------------------------------------------------- schemes
-@_estimator(
-    "hdpo", w_acc=1.0, w_tool=0.15, eligible="correct", tool_reward_shape="inverse", beta=0.5,
-    tool_term_nonzero_only=True, **_COMMON
-)
-def hdpo(scores: RolloutScores, *, w_acc: float, w_tool: float, eligible: str, tool_reward_shape: str,
-         beta: float, tool_term_nonzero_only: bool, ans_weight: float, fmt_weight: float, normalize_std: bool,
-         eps: float) -> AdvantageResult:
+# Every scheme shares ans_weight / fmt_weight (r_acc = 0.9 r_ans + 0.1 r_fmt), normalize_std (False:
+# Dr. GRPO, no division by the std) and eps (added to the std).
+@REWARD_SCHEMES.register("hdpo")
+def hdpo(scores: RolloutScores, *, w_acc: NonNegative = 1.0, w_tool: NonNegative = 0.15,
+         eligible: Eligible = "correct", tool_reward_shape: ToolRewardShape = "inverse", beta: NonNegative = 0.5,
+         tool_term_nonzero_only: bool = True, ans_weight: NonNegative = 0.9, fmt_weight: NonNegative = 0.1,
+         normalize_std: bool = True, eps: Positive = 1e-6) -> AdvantageResult:
     """Two channels: accuracy GRPO over the group, tool GRPO over the eligible correct subset Q.
 
     eligible="correct" (default; what the paper's code does): Q = every correct rollout, tool
@@ -253,21 +199,19 @@ def hdpo(scores: RolloutScores, *, w_acc: float, w_tool: float, eligible: str, t
     return _result(scores, channels, rewards, rewards["r_acc"], tool)
 
 
-@_estimator("grpo", **_COMMON)
-def grpo(scores: RolloutScores, *, ans_weight: float, fmt_weight: float, normalize_std: bool,
-         eps: float) -> AdvantageResult:
+@REWARD_SCHEMES.register("grpo")
+def grpo(scores: RolloutScores, *, ans_weight: NonNegative = 0.9, fmt_weight: NonNegative = 0.1,
+         normalize_std: bool = True, eps: Positive = 1e-6) -> AdvantageResult:
     """Accuracy-only GRPO (the paper's w_tool = 0 baseline)."""
     rewards = _base_rewards(scores, ans_weight, fmt_weight)
     acc = grpo_advantages(rewards["r_acc"], scores.group_ids, eps, normalize_std)
     return _result(scores, [AdvantageChannel("acc", acc, 1.0)], rewards, rewards["r_acc"], None)
 
 
-@_estimator(
-    "coupled", alpha=0.15, tool_reward_shape="inverse", beta=0.5, condition_tool_on_correct=True, **_COMMON
-)
-def coupled(scores: RolloutScores, *, alpha: float, tool_reward_shape: str, beta: float,
-            condition_tool_on_correct: bool, ans_weight: float, fmt_weight: float, normalize_std: bool,
-            eps: float) -> AdvantageResult:
+@REWARD_SCHEMES.register("coupled")
+def coupled(scores: RolloutScores, *, alpha: NonNegative = 0.15, tool_reward_shape: ToolRewardShape = "inverse",
+            beta: NonNegative = 0.5, condition_tool_on_correct: bool = True, ans_weight: NonNegative = 0.9,
+            fmt_weight: NonNegative = 0.1, normalize_std: bool = True, eps: Positive = 1e-6) -> AdvantageResult:
     """r = r_acc + alpha * r_tool, normalised once per group (the baseline HDPO argues against)."""
     rewards = _base_rewards(scores, ans_weight, fmt_weight)
     gate = _tool_gate(scores, condition_tool_on_correct)
@@ -277,9 +221,9 @@ def coupled(scores: RolloutScores, *, alpha: float, tool_reward_shape: str, beta
     return _result(scores, [AdvantageChannel("coupled", adv, 1.0)], rewards, rewards["reward"], None)
 
 
-@_estimator("coupled_penalty", lam=0.05, **_COMMON)
-def coupled_penalty(scores: RolloutScores, *, lam: float, ans_weight: float, fmt_weight: float,
-                    normalize_std: bool, eps: float) -> AdvantageResult:
+@REWARD_SCHEMES.register("coupled_penalty")
+def coupled_penalty(scores: RolloutScores, *, lam: NonNegative = 0.05, ans_weight: NonNegative = 0.9,
+                    fmt_weight: NonNegative = 0.1, normalize_std: bool = True, eps: Positive = 1e-6) -> AdvantageResult:
     """r = r_acc - lam * T for every rollout (right or wrong), normalised once per group."""
     rewards = _base_rewards(scores, ans_weight, fmt_weight)
     rewards["reward"] = rewards["r_acc"] - lam * scores.num_tool_calls.double()
@@ -287,9 +231,9 @@ def coupled_penalty(scores: RolloutScores, *, lam: float, ans_weight: float, fmt
     return _result(scores, [AdvantageChannel("coupled", adv, 1.0)], rewards, rewards["reward"], None)
 
 
-@_estimator("tool_bonus", ans_weight=0.8, fmt_weight=0.2, bonus_weight=1.2, normalize_std=True, eps=1e-6)
-def tool_bonus(scores: RolloutScores, *, ans_weight: float, fmt_weight: float, bonus_weight: float,
-               normalize_std: bool, eps: float) -> AdvantageResult:
+@REWARD_SCHEMES.register("tool_bonus")
+def tool_bonus(scores: RolloutScores, *, ans_weight: NonNegative = 0.8, fmt_weight: NonNegative = 0.2,
+               bonus_weight: NonNegative = 1.2, normalize_std: bool = True, eps: Positive = 1e-6) -> AdvantageResult:
     """DeepEyes: r = 0.8 r_ans + 0.2 r_fmt + 1.2 * 1[T > 0] * 1[correct], normalised per group."""
     rewards = _base_rewards(scores, ans_weight, fmt_weight)
     used = ((scores.num_tool_calls > 0) & (scores.r_ans > 0)).double()
@@ -298,13 +242,11 @@ def tool_bonus(scores: RolloutScores, *, ans_weight: float, fmt_weight: float, b
     return _result(scores, [AdvantageChannel("tool_bonus", adv, 1.0)], rewards, rewards["reward"], None)
 
 
-@_estimator(
-    "normalize_then_sum", w_acc=1.0, w_tool=0.15, tool_reward_shape="inverse", beta=0.5,
-    condition_tool_on_correct=False, **_COMMON,
-)
-def normalize_then_sum(scores: RolloutScores, *, w_acc: float, w_tool: float, tool_reward_shape: str,
-                       beta: float, condition_tool_on_correct: bool, ans_weight: float, fmt_weight: float,
-                       normalize_std: bool, eps: float) -> AdvantageResult:
+@REWARD_SCHEMES.register("normalize_then_sum")
+def normalize_then_sum(scores: RolloutScores, *, w_acc: NonNegative = 1.0, w_tool: NonNegative = 0.15,
+                       tool_reward_shape: ToolRewardShape = "inverse", beta: NonNegative = 0.5,
+                       condition_tool_on_correct: bool = False, ans_weight: NonNegative = 0.9,
+                       fmt_weight: NonNegative = 0.1, normalize_std: bool = True, eps: Positive = 1e-6) -> AdvantageResult:
     """A = w_acc * GRPO(r_acc) + w_tool * GRPO(r_tool), both over ALL rollouts (TRL GDPO idea).
 
     By default r_tool = shape(T) for every rollout, right or wrong (condition_tool_on_correct

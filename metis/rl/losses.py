@@ -14,8 +14,6 @@ Deliberate simplifications:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
@@ -144,6 +142,3 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """
     d = (ref_logprobs.detach() - logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0
-
-
-PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]

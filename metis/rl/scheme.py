@@ -1,5 +1,5 @@
 """What the training module holds: a `RewardScheme` (scores -> advantage channels) and a
-`PolicyObjective` (advantage channels + log-probs -> one scalar loss). Both are built by Hydra
+`PolicyLoss` (advantage channels + log-probs -> one scalar loss). Both are built by Hydra
 from conf/reward/*.yaml and conf/loss/*.yaml and validate every parameter at construction.
 
 Deliberate simplifications:
@@ -19,30 +19,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metis.rl.advantages import ADVANTAGE_ESTIMATORS, validate_estimator_params
+from metis.rl.advantages import REWARD_SCHEMES
 from metis.rl.losses import AGGREGATIONS, POLICY_LOSSES, kl_k3, masked_aggregate
 from metis.rl.types import AdvantageResult, RolloutScores
 
 
 class RewardScheme:
-    """A named advantage estimator with validated parameters.
+    """A reward scheme of ``REWARD_SCHEMES`` with checked parameters (docs/reward_schemes.md).
 
     >>> RewardScheme("hdpo", w_tool=0.1).describe()["w_tool"]
     0.1
     """
 
     def __init__(self, name: str, **params: Any) -> None:
-        if name not in ADVANTAGE_ESTIMATORS:
+        if name not in REWARD_SCHEMES:
             raise ValueError(
-                f"unknown reward scheme {name!r} (key 'name'); known: {', '.join(ADVANTAGE_ESTIMATORS.names())}"
+                f"unknown reward scheme {name!r} (key 'name'); known: {', '.join(REWARD_SCHEMES.names())}"
             )
         self.name = name
-        self.params: dict[str, Any] = validate_estimator_params(name, params)
-        self._fn = ADVANTAGE_ESTIMATORS.get(name)
+        self._fn = REWARD_SCHEMES.get(name)
+        self.params: dict[str, Any] = self._fn.check(params)
 
     def compute(self, scores: RolloutScores) -> AdvantageResult:
         """Advantages, rewards and metrics for one batch of rollouts."""
-        return self._fn(scores, **self.params)
+        return self._fn.fn(scores, **self.params)  # checked once, at construction
 
     def describe(self) -> dict[str, Any]:
         """Name and every parameter (defaults included), for the run config / W&B."""
@@ -55,11 +55,11 @@ class RewardScheme:
 
 def _nonneg(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"policy objective parameter {key!r} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"policy loss parameter {key!r} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
-class PolicyObjective:
+class PolicyLoss:
     """L = sum_c w_c * L_clip(A_c; M_c) [+ kl_coef * KL_k3(ref) - entropy_coef * H].
 
     M_c is the response mask, times 1[A_c != 0] per row for `nonzero_only` channels (the HDPO
@@ -83,16 +83,16 @@ class PolicyObjective:
             raise ValueError(f"unknown policy loss {loss!r} (key 'loss'); known: {', '.join(POLICY_LOSSES.names())}")
         clip_low = _nonneg("clip_low", clip_low)
         if clip_low >= 1:
-            raise ValueError(f"policy objective parameter 'clip_low' must be < 1, got {clip_low!r}")
+            raise ValueError(f"policy loss parameter 'clip_low' must be < 1, got {clip_low!r}")
         clip_high = _nonneg("clip_high", clip_high)
         if dual_clip is not None:
             dual_clip = _nonneg("dual_clip", dual_clip)
             if dual_clip <= 1:
-                raise ValueError(f"policy objective parameter 'dual_clip' must be > 1 or null, got {dual_clip!r}")
+                raise ValueError(f"policy loss parameter 'dual_clip' must be > 1 or null, got {dual_clip!r}")
         if agg not in AGGREGATIONS:
-            raise ValueError(f"policy objective parameter 'agg' must be one of {AGGREGATIONS}, got {agg!r}")
+            raise ValueError(f"policy loss parameter 'agg' must be one of {AGGREGATIONS}, got {agg!r}")
         if norm_len is not None and (isinstance(norm_len, bool) or not isinstance(norm_len, int) or norm_len <= 0):
-            raise ValueError(f"policy objective parameter 'norm_len' must be a positive int or null, got {norm_len!r}")
+            raise ValueError(f"policy loss parameter 'norm_len' must be a positive int or null, got {norm_len!r}")
         self.loss = loss
         self.kl_coef = _nonneg("kl_coef", kl_coef)
         self.entropy_coef = _nonneg("entropy_coef", entropy_coef)
@@ -130,7 +130,7 @@ class PolicyObjective:
         return {"loss": self.loss, **self.loss_kwargs, "kl_coef": self.kl_coef, "entropy_coef": self.entropy_coef}
 
     def __repr__(self) -> str:
-        return "PolicyObjective(" + ", ".join(f"{k}={v!r}" for k, v in self.describe().items()) + ")"
+        return "PolicyLoss(" + ", ".join(f"{k}={v!r}" for k, v in self.describe().items()) + ")"
 
     def __call__(
         self,

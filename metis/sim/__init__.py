@@ -2,7 +2,7 @@
 
 `scenario` (who is asked what, success tables), `engine` (sampling, the scheme's advantages, the
 project's policy loss, exact metrics), `schemes` (which schemes a run covers), `report` (table,
-CSV, plots, W&B). Entry points: `python -m metis.simulate`, `python -m metis.simulate_sweep`.
+CSV, plots, W&B). Entry point: `python -m metis.simulate` (`schemes=all` for every registered scheme).
 """
 
 from metis.sim.engine import Batch, History, SimConfig, Simulator, simulate

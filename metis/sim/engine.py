@@ -3,7 +3,7 @@ scheme of the registry, several seeds side by side.
 
 One step, per seed: draw `batch_items` units, G = `group_size` rollouts each, T ~ pi(row of the
 unit), correct ~ Bernoulli(p[unit, T]), r_fmt ~ Bernoulli(1 - fmt_fail_rate); build
-`RolloutScores`; `RewardScheme.compute` gives the advantage channels; `PolicyObjective` gives the
+`RolloutScores`; `RewardScheme.compute` gives the advantage channels; `PolicyLoss` gives the
 loss over the per-rollout log-prob of the sampled T (one "token" per rollout, old_logprobs =
 logprobs.detach(), so ratio = 1 and the dual-clip PPO term is exactly a policy gradient with the
 scheme's advantages, HDPO's tool term averaged over the rollouts with A_tool != 0 only). The
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metis.rl.scheme import PolicyObjective, RewardScheme
+from metis.rl.scheme import PolicyLoss, RewardScheme
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.sim.scenario import Scenario
 
@@ -52,7 +52,7 @@ class SimConfig:
     group_size: int = 16
     optimizer: str = "sgd"
     lr: float = 2.0
-    init_tool_rate: float = 0.95   # start policy: P(T > 0)
+    init_tool_call_rate: float = 0.95   # start policy: P(T > 0)
     init_call_decay: float = 0.5   # P(T = t | T > 0) proportional to decay ** (t - 1)
     nonzero_only: bool = True      # False: ablation, every channel averaged over all rollouts
 
@@ -62,8 +62,8 @@ class SimConfig:
         for key in ("steps", "batch_items", "group_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)!r}")
-        if not 0.0 < self.init_tool_rate < 1.0:
-            raise ValueError(f"train.init_tool_rate must lie in (0, 1), got {self.init_tool_rate!r}")
+        if not 0.0 < self.init_tool_call_rate < 1.0:
+            raise ValueError(f"train.init_tool_call_rate must lie in (0, 1), got {self.init_tool_call_rate!r}")
         if self.init_call_decay <= 0 or self.lr <= 0:
             raise ValueError("train.init_call_decay and train.lr must be > 0")
 
@@ -96,15 +96,15 @@ def initial_logits(cfg: SimConfig, t_max: int) -> Tensor:
     """Log-probs of the trigger-happy start policy over T = 0..t_max."""
     t = torch.arange(1, t_max + 1, dtype=torch.float64)
     tail = cfg.init_call_decay ** (t - 1)
-    probs = torch.cat([torch.tensor([1.0 - cfg.init_tool_rate], dtype=torch.float64),
-                       cfg.init_tool_rate * tail / tail.sum()])
+    probs = torch.cat([torch.tensor([1.0 - cfg.init_tool_call_rate], dtype=torch.float64),
+                       cfg.init_tool_call_rate * tail / tail.sum()])
     return probs.log().float()
 
 
 class Simulator:
     """Tabular policies of several seeds trained with one reward scheme on one scenario."""
 
-    def __init__(self, scenario: Scenario, scheme: RewardScheme, objective: PolicyObjective,
+    def __init__(self, scenario: Scenario, scheme: RewardScheme, objective: PolicyLoss,
                  cfg: SimConfig, seeds: Sequence[int]) -> None:
         if not seeds:
             raise ValueError("need at least one seed")
@@ -184,13 +184,13 @@ class Simulator:
             "accuracy": wmean(acc_u, every),
             "unnecessary_tool_rate": wmean(tool_u, ~sc.needs_tool),
             "necessary_tool_rate": wmean(tool_u, sc.needs_tool),
-            "tool_rate": wmean(tool_u, every),
+            "tool_call_rate": wmean(tool_u, every),
             "mean_T": wmean(mean_t_u, every),
         }
         for c, name in enumerate(sc.class_names):
             sel = sc.unit_class == c
             out[f"accuracy/{name}"] = wmean(acc_u, sel)
-            out[f"tool_rate/{name}"] = wmean(tool_u, sel)
+            out[f"tool_call_rate/{name}"] = wmean(tool_u, sel)
             out[f"mean_T/{name}"] = wmean(mean_t_u, sel)
         return out
 
@@ -220,7 +220,7 @@ class Simulator:
         return hist
 
 
-def simulate(scenario: Scenario, scheme: RewardScheme, objective: PolicyObjective, cfg: SimConfig,
+def simulate(scenario: Scenario, scheme: RewardScheme, objective: PolicyLoss, cfg: SimConfig,
              seeds: Sequence[int], label: str | None = None) -> History:
     """Build a Simulator and run it for cfg.steps updates."""
     return Simulator(scenario, scheme, objective, cfg, seeds).run(label=label)

@@ -30,7 +30,7 @@ MAIN_CURVES = (("accuracy", "accuracy (exact)"),
                ("unnecessary_tool_rate", "unnecessary tool-call rate (exact)"),
                ("necessary_tool_rate", "necessary tool-call rate (exact)"),
                ("rho_Q", "rho_Q (sampled batch, moving avg)"))
-CURVE_CSV_METRICS = ("accuracy", "unnecessary_tool_rate", "necessary_tool_rate", "tool_rate", "mean_T", "rho_Q")
+CURVE_CSV_METRICS = ("accuracy", "unnecessary_tool_rate", "necessary_tool_rate", "tool_call_rate", "mean_T", "rho_Q")
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:

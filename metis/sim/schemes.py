@@ -2,7 +2,7 @@
 
 `schemes` in conf/simulate.yaml:
 - null: only the composed `reward` group (`reward=<name>`, `reward.alpha=...`);
-- "all": every name registered in ADVANTAGE_ESTIMATORS (from conf/reward/<name>.yaml when that file
+- "all": every name registered in REWARD_SCHEMES (from conf/reward/<name>.yaml when that file
   exists, else the registry defaults), then every entry of `variants`;
 - a list of names or mappings `{name: <scheme>, <param>: <value>, ...}` (merged over
   conf/reward/<name>.yaml).
@@ -20,7 +20,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from metis.rl.advantages import ADVANTAGE_ESTIMATORS
+from metis.rl.advantages import REWARD_SCHEMES
 from metis.rl.scheme import RewardScheme
 
 
@@ -30,7 +30,7 @@ def _fmt(v: Any) -> str:
 
 def scheme_label(scheme: RewardScheme) -> str:
     """`name` or `name(k=v,...)` listing the parameters that differ from the registry defaults."""
-    defaults: Mapping[str, Any] = ADVANTAGE_ESTIMATORS.get(scheme.name).defaults  # type: ignore[attr-defined]
+    defaults: Mapping[str, Any] = REWARD_SCHEMES.get(scheme.name).defaults
     diff = []
     for k, v in scheme.params.items():
         d = defaults.get(k)
@@ -69,7 +69,7 @@ def resolve_schemes(reward_cfg: DictConfig | None, schemes: Any, variants: Itera
         if OmegaConf.is_config(schemes):
             schemes = OmegaConf.to_container(schemes, resolve=True)
         if schemes == "all":
-            entries += [_build(n, conf_dir) for n in ADVANTAGE_ESTIMATORS.names()]
+            entries += [_build(n, conf_dir) for n in REWARD_SCHEMES.names()]
             schemes = OmegaConf.to_container(variants, resolve=True) if OmegaConf.is_config(variants) else list(variants or [])
         elif isinstance(schemes, str):
             schemes = [s.strip() for s in schemes.split(",") if s.strip()]

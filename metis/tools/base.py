@@ -1,4 +1,4 @@
-"""The tool contract (docs/interfaces.md): ``Observation``, ``Tool`` and the ``TOOLS`` registry.
+"""The tool contract (docs/interfaces.md): ``Observation`` and ``Tool`` (configs name a tool class by ``_target_``).
 
 Tools know nothing of models or tokenizers: text and images in, an ``Observation`` out. The text
 holds the literal ``<image>`` once per returned image, in order; tools escape that placeholder in
@@ -22,13 +22,10 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from metis.core.images import IMAGE_PLACEHOLDER, fit_image, smart_resize
-from metis.utils.registry import Registry
 
 ERROR_KINDS = ("parse_error", "unknown_tool", "execution_error", "timeout", "refused", "limit")
 
-TOOLS: Registry[type[Tool]] = Registry("tool")
-
-__all__ = ["ERROR_KINDS", "IMAGE_PLACEHOLDER", "TOOLS", "Observation", "Tool", "cache_root",
+__all__ = ["ERROR_KINDS", "IMAGE_PLACEHOLDER", "Observation", "Tool", "cache_root",
            "encode_png", "error_observation", "escape_text", "fit_image", "smart_resize",
            "validate_arguments"]
 

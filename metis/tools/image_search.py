@@ -26,7 +26,7 @@ import httpx
 import imagehash
 from PIL import Image
 
-from metis.tools.base import (TOOLS, Observation, Tool, cache_root, encode_png,
+from metis.tools.base import (Observation, Tool, cache_root, encode_png,
                               error_observation, escape_text, fit_image)
 from metis.tools.search_common import ProviderError, QueryCache, api_key_headers, post_json
 
@@ -166,7 +166,6 @@ class HTTPImageSearchProvider:
         self._client.close()
 
 
-@TOOLS.register("image_search")
 class ImageSearchTool(Tool):
     """Reverse image search on the first input image, at most once per trajectory."""
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from metis.tools.base import TOOLS, Observation, Tool, error_observation, escape_text, fit_image
+from metis.tools.base import Observation, Tool, error_observation, escape_text, fit_image
 from metis.tools.pool import InterpreterPool
 from metis.tools._sandbox_protocol import decode_image
 from metis.tools.sandbox import (Interpreter, SandboxConfig, SandboxError, resolve_mode,
@@ -52,7 +52,6 @@ class _Traj:
     note: str = ""  # told to the model on its next call (e.g. state lost by eviction)
 
 
-@TOOLS.register("python")
 class PythonTool(Tool):
     """Run Python code in the trajectory's persistent sandboxed interpreter."""
 

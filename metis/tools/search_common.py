@@ -1,8 +1,8 @@
 """Shared parts of the search tools: the persistent query cache and HTTP POST with retries.
 
 Deliberate simplifications: the cache never expires entries (delete the file to refresh) and
-stores only successful results; retries use exponential backoff (honouring a short Retry-After)
-without jitter.
+stores only successful results; retries follow :mod:`metis.io.http` (Retry-After or exponential
+backoff, capped at ``max_backoff_s``) without jitter.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 import httpx
+
+from metis.io.http import is_retryable, retry_delay
 
 log = logging.getLogger("metis.tools.search")
 
@@ -79,13 +81,15 @@ class QueryCache:
 
 
 def post_json(client: httpx.Client, url: str, payload: dict, headers: dict[str, str],
-              timeout_s: float, max_retries: int, backoff_s: float) -> Any:
-    """POST ``payload``; retry on 429, 5xx and transport errors; raise ProviderError at the end."""
+              timeout_s: float, max_retries: int, backoff_s: float, max_backoff_s: float = 30.0) -> Any:
+    """POST ``payload``; retry on 408/409/425/429, 5xx and transport errors; raise ProviderError at the end."""
     last = "no attempt"
     kind = "execution_error"
+    retry_after = None
     for attempt in range(max_retries + 1):
         if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+            time.sleep(retry_delay(attempt, backoff_s, max_backoff_s, retry_after))
+            retry_after = None
         try:
             resp = client.post(url, json=payload, headers=headers, timeout=timeout_s)
         except httpx.TimeoutException as exc:
@@ -94,11 +98,9 @@ def post_json(client: httpx.Client, url: str, payload: dict, headers: dict[str, 
         except httpx.HTTPError as exc:
             last, kind = f"{type(exc).__name__}: {exc}", "execution_error"
             continue
-        if resp.status_code == 429 or resp.status_code >= 500:
+        if is_retryable(resp.status_code):
             last, kind = f"HTTP {resp.status_code}", "execution_error"
-            retry_after = resp.headers.get("retry-after", "")
-            if retry_after.isdigit() and int(retry_after) <= 10 and attempt < max_retries:
-                time.sleep(float(retry_after))
+            retry_after = resp.headers.get("retry-after")
             continue
         if resp.status_code >= 400:
             raise ProviderError(f"HTTP {resp.status_code}: {resp.text[:200]}")

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from metis.tools.base import (TOOLS, Observation, Tool, cache_root, error_observation,
+from metis.tools.base import (Observation, Tool, cache_root, error_observation,
                               escape_text)
 from metis.tools.search_common import ProviderError, QueryCache, api_key_headers, post_json
 
@@ -151,7 +151,6 @@ def format_results(query: str, results: list[SearchResult]) -> str:
     return escape_text("\n\n".join(lines))
 
 
-@TOOLS.register("text_search")
 class TextSearchTool(Tool):
     """Text search over a corpus or a web search API, with a persistent query cache."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from metis.tools.base import (ERROR_KINDS, IMAGE_PLACEHOLDER, TOOLS, Observation, Tool,
+from metis.tools.base import (ERROR_KINDS, IMAGE_PLACEHOLDER, Observation, Tool,
                               error_observation, validate_arguments)
 
 log = logging.getLogger("metis.tools")
@@ -83,14 +83,6 @@ class ToolBox:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stats: dict[str, _Stats] = collections.defaultdict(_Stats)
-
-    @classmethod
-    def from_names(cls, names: Iterable[str], tool_kwargs: Mapping[str, Mapping[str, Any]] | None
-                   = None, **kwargs: Any) -> ToolBox:
-        """Build from registry names, e.g. ``ToolBox.from_names(["python"], {"python":
-        {"timeout_s": 5}}, max_calls_per_trajectory=4)``."""
-        tool_kwargs = tool_kwargs or {}
-        return cls([TOOLS.get(n)(**dict(tool_kwargs.get(n, {}))) for n in names], **kwargs)
 
     def specs(self) -> list[dict]:
         return [tool.spec() for tool in self.tools.values()]

@@ -27,15 +27,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-def fault_injection(step: int) -> None:
-    """Kill this process with SIGKILL in the middle of RL step ``METIS_FAULT_KILL_AT_STEP``.
-
-    Used by the resume tests to prove that a run killed mid-step and resumed continues exactly
-    as an uninterrupted run; a no-op unless the variable is set.
-    """
-    import os
-    import signal
-
-    if os.environ.get("METIS_FAULT_KILL_AT_STEP") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ class Run:
     ckpt_path: str | None
     trainer: Any = None
     module: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def reseed(self) -> None:
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)

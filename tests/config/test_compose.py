@@ -24,7 +24,7 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
 
 def test_bare_default_is_hdpo_tiny():
     cfg = compose_cfg()
-    assert cfg.experiment_name == "hdpo_tiny"
+    assert cfg.experiment_name == "rl_tiny_hdpo"  # run names carry the reward scheme
     assert cfg.model.tiny is not None and cfg.trainer.accelerator == "cpu"
     assert cfg.reward.name == "hdpo" and cfg.reward.w_tool == 0.15
 
@@ -49,12 +49,12 @@ def test_cli_prints_full_8b_config_without_gpu():
     assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and cfg.trainer.accelerator == "gpu"
 
 
-@pytest.mark.parametrize("experiment", ["hdpo_8b", "hdpo_8b_lora"])
-def test_8b_experiments_validate_without_gpu(experiment):
+@pytest.mark.parametrize("experiment, run_name", [("hdpo_8b", "rl_8b_hdpo"), ("hdpo_8b_lora", "rl_8b_lora_hdpo")])
+def test_8b_experiments_validate_without_gpu(experiment, run_name):
     out = subprocess.run([sys.executable, "-m", "metis.train", f"experiment={experiment}", "dry_run=true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"config OK: {experiment}" in out.stdout
+    assert f"config OK: {run_name}" in out.stdout  # run names carry the reward scheme
 
 
 def test_bad_config_fails_at_startup_naming_the_key():

@@ -20,22 +20,6 @@ TRAIN = ["train/accuracy", "train/rho_Q", "train/efficiency_active_groups", "tra
          "train/necessary_tool_rate", "train/mean_tool_calls", "train/loss/tool"]
 
 
-def test_arith_copy_family_has_a_real_tool_need():
-    from metis.data.miniature import arith_copy_task, make_splits
-
-    rng = random.Random(0)
-    easy = [arith_copy_task(rng, False, i) for i in range(50)]
-    hard = [arith_copy_task(rng, True, i) for i in range(50)]
-    assert all(not t.needs_tool and 1 in (t.meta["a"], t.meta["b"]) and t.answer in t.question for t in easy)
-    assert all(t.needs_tool and min(t.meta["a"], t.meta["b"]) >= 10 for t in hard)
-    zero = make_splits(64, 16, 16, seed=0, families=["arith_zero"])["train"]
-    assert all(t.answer == "0" and "0" in (str(t.meta["a"]), str(t.meta["b"])) for t in zero if not t.needs_tool)
-    assert all(t.needs_tool and min(t.meta["a"], t.meta["b"]) >= 10 for t in zero if t.answer != "0")
-    splits = make_splits(32, 16, 16, seed=0, families=["arith_copy"])
-    assert {t.needs_tool for t in splits["val"]} == {True, False}
-    assert not {t.question for t in splits["train"]} & {t.question for t in splits["val"] if t.needs_tool}
-
-
 def test_marker_family_needs_the_tool_only_for_the_small_marker():
     """At the model's input (64x64, a 4x bicubic downscale) the large square is plain to see and
     the one-pixel marker is not even the most saturated pixel; the tool's program finds and zooms

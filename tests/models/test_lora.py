@@ -12,7 +12,7 @@ from metis.data.prompts import PromptDataModule
 from metis.data.synthetic import make_tasks
 from metis.models import build_policy
 from metis.modules.rl import RLModule
-from metis.rl.scheme import PolicyObjective, RewardScheme
+from metis.rl.scheme import PolicyLoss, RewardScheme
 
 
 def test_lora_step_with_kl_to_the_base_and_merged_export(tiny_cache, tmp_path):
@@ -24,7 +24,7 @@ def test_lora_step_with_kl_to_the_base_and_merged_export(tiny_cache, tmp_path):
     tasks[0].answer = "42"
     engine = CyclingEngine(processor, [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]])
     module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"),
-                        PolicyObjective(kl_coef=0.1), RolloutConfig(max_turns=4), group_size=4, lr=5e-2,
+                        PolicyLoss(kl_coef=0.1), RolloutConfig(max_turns=4), group_size=4, lr=5e-2,
                         rollout_log_dir=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, num_sanity_val_steps=0, use_distributed_sampler=False)

@@ -22,7 +22,7 @@ from metis.data.prompts import PromptDataModule  # noqa: E402
 from metis.data.synthetic import make_tasks  # noqa: E402
 from metis.models import build_policy  # noqa: E402
 from metis.modules.rl import RLModule  # noqa: E402
-from metis.rl.scheme import PolicyObjective, RewardScheme  # noqa: E402
+from metis.rl.scheme import PolicyLoss, RewardScheme  # noqa: E402
 
 
 def main(world: int, out: str, cache: str) -> None:
@@ -34,7 +34,7 @@ def main(world: int, out: str, cache: str) -> None:
     task.answer = "42"
     tasks = [task, task]
     engine = CyclingEngine(processor, [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]])
-    module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyObjective(),
+    module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyLoss(),
                         RolloutConfig(max_turns=4), group_size=4, lr=1e-3, rollout_log_dir=None)
     dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2 // world, seed=0)
     strategy = "auto"

@@ -11,7 +11,7 @@ from metis.agent.loop import RolloutConfig
 from metis.data.prompts import PromptDataModule
 from metis.data.synthetic import make_tasks
 from metis.modules.rl import RLModule
-from metis.rl.scheme import PolicyObjective, RewardScheme
+from metis.rl.scheme import PolicyLoss, RewardScheme
 
 
 def run_step(tiny_policy, tmp_path, **module_kwargs):
@@ -28,7 +28,7 @@ def run_step(tiny_policy, tmp_path, **module_kwargs):
     for task in tasks:
         task.answer = "42"
     engine = CyclingEngine(processor, scripts)
-    module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyObjective(),
+    module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyLoss(),
                         RolloutConfig(max_turns=4), group_size=4, lr=1e-2, rollout_log_dir=str(tmp_path / "r"),
                         **module_kwargs)
     dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2)

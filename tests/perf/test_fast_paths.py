@@ -124,6 +124,7 @@ def test_cached_prefix_is_not_reused_after_a_weight_update(tiny_policy):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)  # an in-place update, as an optimizer step
+    engine.sync_weights(model)  # what the trainer does after every update
     assert engine._lookup(traj, engine._weights_version()) is None  # stale: dropped
     reused = engine.stats["reused_tokens"]
     got = engine.generate([traj], 3, loop.stop_ids, greedy=True)

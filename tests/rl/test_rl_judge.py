@@ -1,63 +1,31 @@
 """LLMJudge against a real HTTP server on 127.0.0.1 with scripted replies."""
 
-import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from metis.io.judge import JudgeUnavailable, LLMJudge, parse_verdict
 
+from helpers import ScriptedHTTPServer
 
-class ScriptedServer:
+
+def chat_server(script) -> ScriptedHTTPServer:
     """Each request pops the next action: a reply string, an int status, ("sleep", s, reply) or ("raw", body)."""
+    actions = list(script)
 
-    def __init__(self, script):
-        self.script = list(script)
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        outer = self
+    def respond(body, index):
+        action = actions.pop(0) if actions else "CORRECT"
+        if isinstance(action, int):
+            return action, b'{"error": "scripted"}', 0.0
+        delay = 0.0
+        if isinstance(action, tuple) and action[0] == "sleep":
+            delay, action = action[1], action[2]
+        elif isinstance(action, tuple) and action[0] == "raw":
+            return 200, action[1].encode(), 0.0
+        return 200, {"choices": [{"message": {"role": "assistant", "content": action}}]}, delay
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                outer.headers.append(dict(self.headers))
-                action = outer.script.pop(0) if outer.script else "CORRECT"
-                status, payload = 200, None
-                if isinstance(action, int):
-                    status, payload = action, b'{"error": "scripted"}'
-                elif isinstance(action, tuple) and action[0] == "sleep":
-                    time.sleep(action[1])
-                    action = action[2]
-                elif isinstance(action, tuple) and action[0] == "raw":
-                    payload = action[1].encode()
-                if payload is None:
-                    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    return ScriptedHTTPServer(respond, "/v1")
 
 
 @pytest.fixture
@@ -65,7 +33,7 @@ def serve():
     servers = []
 
     def start(*script):
-        s = ScriptedServer(script)
+        s = chat_server(script)
         servers.append(s)
         return s
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from metis.rl import AdvantageChannel, AdvantageResult, PolicyObjective, clipped_policy_loss, masked_aggregate
+from metis.rl import AdvantageChannel, AdvantageResult, PolicyLoss, clipped_policy_loss, masked_aggregate
 
 # old = 0, new = log(ratio). Row 0 has A = +1, row 1 has A = -1.
 RATIOS = torch.tensor([[1.0, 1.5, 0.5], [1.0, 0.7, 4.0]], dtype=torch.float64)
@@ -112,7 +112,7 @@ def test_objective_tool_term_averaged_over_nonzero_rows_only():
     # mini-batch rows are rollouts [2, 0, 1]; ratio 1 everywhere so the per-token loss is -A
     logp = torch.zeros(3, 2, requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
-    obj = PolicyObjective()
+    obj = PolicyLoss()
     loss, m = obj(logp, torch.zeros(3, 2), mask, two_channel_result(), torch.tensor([2, 0, 1]))
     # acc: rows A = [0.25, 1.0, -0.5] with [2, 1, 2] tokens -> -(0.5 + 1.0 - 1.0) / 5 = -0.1
     assert m["loss/acc"].item() == pytest.approx(-0.1)
@@ -131,7 +131,7 @@ def test_objective_tool_term_averaged_over_nonzero_rows_only():
 
 def test_objective_all_zero_tool_channel_is_silent():
     logp = torch.zeros(2, 2, requires_grad=True)
-    loss, m = PolicyObjective()(logp, torch.zeros(2, 2), torch.ones(2, 2), two_channel_result(),
+    loss, m = PolicyLoss()(logp, torch.zeros(2, 2), torch.ones(2, 2), two_channel_result(),
                                 torch.tensor([1, 2]))
     assert m["loss/tool"].item() == 0.0 and m["tokens/tool"].item() == 0.0
     assert loss.item() == pytest.approx(-(-0.5 + 0.25) / 2)
@@ -143,7 +143,7 @@ def test_objective_kl_and_entropy():
     ref = torch.full((1, 2), math.log(2.0))
     ent = torch.tensor([[1.0, 3.0]])
     res = AdvantageResult(channels=[AdvantageChannel("acc", torch.tensor([1.0]), 1.0)])
-    obj = PolicyObjective(kl_coef=0.1, entropy_coef=0.01)
+    obj = PolicyLoss(kl_coef=0.1, entropy_coef=0.01)
     loss, m = obj(logp, torch.zeros(1, 2), torch.ones(1, 2), res, torch.tensor([0]), ref_logprobs=ref, entropy=ent)
     k3 = 2.0 - math.log(2.0) - 1.0  # exp(d) - d - 1 with d = ref - logp = ln 2
     assert m["kl/ref"].item() == pytest.approx(k3)
@@ -159,7 +159,7 @@ def test_objective_with_a_real_scheme():
     s = RolloutScores(r_ans=[1, 1, 0, 1], r_fmt=[1, 1, 1, 1], num_tool_calls=[0, 2, 0, 1], group_ids=[0, 0, 0, 0])
     res = RewardScheme("hdpo").compute(s)
     logp = torch.zeros(4, 3, requires_grad=True)
-    loss, m = PolicyObjective()(logp, torch.zeros(4, 3), torch.ones(4, 3), res, torch.arange(4))
+    loss, m = PolicyLoss()(logp, torch.zeros(4, 3), torch.ones(4, 3), res, torch.arange(4))
     a = res.channel("acc").advantages
     t = res.channel("tool").advantages
     assert loss.item() == pytest.approx((-a.mean() + 0.15 * -(t[t != 0].sum() / 3)).item(), abs=1e-6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metis.rl.scheme import PolicyObjective, RewardScheme
+from metis.rl.scheme import PolicyLoss, RewardScheme
 from metis.rl.types import RolloutScores
 
 
@@ -16,7 +16,7 @@ def test_microbatches_add_up_to_the_minibatch_gradient(agg):
         r_ans=torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0]), r_fmt=torch.ones(6),
         num_tool_calls=torch.tensor([0, 2, 1, 1, 0, 3]), group_ids=torch.tensor([0, 0, 0, 1, 1, 1]))
     result = RewardScheme("hdpo").compute(scores)
-    objective = PolicyObjective(agg=agg, norm_len=8 if agg == "seq-mean-token-sum-norm" else None)
+    objective = PolicyLoss(agg=agg, norm_len=8 if agg == "seq-mean-token-sum-norm" else None)
     theta = torch.randn(6, 8, requires_grad=True)
     old = torch.randn(6, 8) * 0.1
     mask = (torch.rand(6, 8) > 0.3).float()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metis.rl import ADVANTAGE_ESTIMATORS, PolicyObjective, RewardScheme, RolloutScores
+from metis.rl import REWARD_SCHEMES, PolicyLoss, RewardScheme, RolloutScores
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -20,7 +20,7 @@ DILEMMA = RolloutScores(
 
 
 def test_registered_schemes():
-    assert ADVANTAGE_ESTIMATORS.names() == sorted(
+    assert REWARD_SCHEMES.names() == sorted(
         ["coupled", "coupled_penalty", "grpo", "hdpo", "normalize_then_sum", "tool_bonus"]
     )
 
@@ -130,7 +130,7 @@ def test_bad_reward_configs(name, params, key):
 
 def test_estimator_called_directly_validates():
     with pytest.raises(ValueError, match="alpha"):
-        ADVANTAGE_ESTIMATORS.get("hdpo")(DILEMMA, alpha=1.0)
+        REWARD_SCHEMES.get("hdpo")(DILEMMA, alpha=1.0)
 
 
 def test_unknown_scheme_lists_known():
@@ -154,7 +154,7 @@ def test_unknown_scheme_lists_known():
 )
 def test_bad_objective_configs(params, key):
     with pytest.raises(ValueError, match=key):
-        PolicyObjective(**params)
+        PolicyLoss(**params)
 
 
 def test_describe():
@@ -179,7 +179,7 @@ def test_reward_configs_spell_out_every_param(path):
 
 
 def test_reward_config_set_complete():
-    assert sorted(p.stem for p in (CONF / "reward").glob("*.yaml")) == ADVANTAGE_ESTIMATORS.names()
+    assert sorted(p.stem for p in (CONF / "reward").glob("*.yaml")) == REWARD_SCHEMES.names()
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ def test_loss_configs(stem, clip_high, agg):
 
     cfg = OmegaConf.load(CONF / "loss" / f"{stem}.yaml")
     obj = instantiate(cfg)
-    assert isinstance(obj, PolicyObjective)
+    assert isinstance(obj, PolicyLoss)
     d = obj.describe()
     assert d["clip_high"] == clip_high and d["agg"] == agg and d["dual_clip"] == 3.0
     assert d["clip_low"] == 0.2 and d["kl_coef"] == 0.0 and d["entropy_coef"] == 0.0

@@ -99,7 +99,7 @@ def test_cosine_with_warmup():
 
 def test_lora_trains_adapters_only_and_exports_merged(tiny_policy, tmp_path):
     model, processor = tiny_policy
-    module = SFTModule(copy.deepcopy(model), processor, lr=1e-2, lora={"r": 4, "lora_alpha": 8}, freeze_vision=True)
+    module = SFTModule(copy.deepcopy(model), processor, lr=1e-2, lora={"r": 4, "alpha": 8}, freeze_vision=True)
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
     batch = small_batch(processor, n=2)

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from metis.rl import ADVANTAGE_ESTIMATORS, RewardScheme
+from metis.rl import REWARD_SCHEMES, RewardScheme
 from metis.sim import History, SimConfig, build_scenario
 from metis.sim.report import first_step_below, log_to_wandb, summarize, t_half_rise
 from metis.sim.schemes import resolve_schemes, scheme_label
@@ -31,15 +31,15 @@ def compose_sim(*overrides: str):
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_scenario_composes_and_starts_trigger_happy(scenario):
     from metis.sim import Simulator
-    from metis.rl import PolicyObjective
+    from metis.rl import PolicyLoss
 
     cfg = compose_sim(f"sim={scenario}")
     assert cfg.reward.name == "hdpo" and cfg.sim.name == scenario
     sc = build_scenario(OmegaConf.to_container(cfg.sim, resolve=True))
     assert sc.needs_tool.any() and (~sc.needs_tool).any()
-    sim = Simulator(sc, RewardScheme("hdpo"), PolicyObjective(), SimConfig(**cfg.train), seeds=[0])
+    sim = Simulator(sc, RewardScheme("hdpo"), PolicyLoss(), SimConfig(**cfg.train), seeds=[0])
     m = sim.exact_metrics()
-    assert float(m["tool_rate"]) == pytest.approx(0.95)
+    assert float(m["tool_call_rate"]) == pytest.approx(0.95)
     assert 0.0 <= float(m["accuracy"]) <= sc.optimal_accuracy(0) + 1e-9
 
 
@@ -71,8 +71,8 @@ def test_scheme_resolution_and_labels():
     assert scheme_label(RewardScheme("coupled", alpha=1.0)) == "coupled(alpha=1)"
     cfg = compose_sim("schemes=all")
     got = resolve_schemes(cfg.reward, cfg.schemes, cfg.variants, CONF)
-    assert set(ADVANTAGE_ESTIMATORS.names()) <= set(got)
-    assert "hdpo(w_tool=1)" in got and len(got) == len(ADVANTAGE_ESTIMATORS.names()) + len(cfg.variants)
+    assert set(REWARD_SCHEMES.names()) <= set(got)
+    assert "hdpo(w_tool=1)" in got and len(got) == len(REWARD_SCHEMES.names()) + len(cfg.variants)
     one = resolve_schemes(compose_sim("reward=coupled", "reward.alpha=0.5").reward, None, None, CONF)
     assert list(one) == ["coupled(alpha=0.5)"]
     listed = resolve_schemes(None, ["grpo", {"name": "hdpo", "eligible": "correct_and_used_tools"}], None, CONF)
@@ -85,7 +85,7 @@ def _hist(values: list[float], label: str = "x") -> History:
     x = np.array(values, dtype=np.float64)[:, None].repeat(2, axis=1)
     rho = x.copy()
     rho[0] = np.nan
-    m = {"accuracy": x, "unnecessary_tool_rate": 1 - x, "necessary_tool_rate": x, "tool_rate": x, "mean_T": x,
+    m = {"accuracy": x, "unnecessary_tool_rate": 1 - x, "necessary_tool_rate": x, "tool_call_rate": x, "mean_T": x,
          "rho_Q": rho, "frac_reward_zero_std": rho, "efficiency_active_groups": rho, "frac_correct": rho,
          "mean_tool_calls": rho}
     return History(label=label, seeds=[0, 1], metrics=m, optimal_accuracy=1.0)
@@ -136,7 +136,7 @@ def test_sweep_in_process_writes_table_and_plot(tmp_path):
         del cfg["hydra"]  # only a real Hydra run fills hydra.job / hydra.runtime
     res = run_simulation(cfg)
     df = pd.read_csv(tmp_path / "summary.csv")
-    assert set(ADVANTAGE_ESTIMATORS.names()) <= set(df["scheme"])
+    assert set(REWARD_SCHEMES.names()) <= set(df["scheme"])
     assert (df["seeds"] == 2).all() and (df["steps"] == 12).all()
     md = (tmp_path / "summary.md").read_text()
     assert "| `hdpo` |" in md and "±" in md

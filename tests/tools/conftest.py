@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
+from helpers import ScriptedHTTPServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,52 +25,11 @@ def _tools_cache(tmp_path_factory) -> Iterator[str]:
         os.environ["METIS_CACHE"] = old
 
 
-class ScriptedServer:
-    """A loopback HTTP server answering POSTs from a script of (status, body, delay_s) steps;
-    the last step repeats. Records every request body."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, Any, float]] = [(200, {}, 0.0)]
-        self.requests: list[dict] = []
-        self.headers: list[dict[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", 0) or 0))
-                outer.requests.append(json.loads(body or b"{}"))
-                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
-                idx = min(len(outer.requests) - 1, len(outer.script) - 1)
-                status, payload, delay = outer.script[idx]
-                if delay:
-                    time.sleep(delay)
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/search"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture()
-def http_server() -> Iterator[ScriptedServer]:
-    server = ScriptedServer()
+def http_server() -> Iterator[ScriptedHTTPServer]:
+    """Answers POSTs from ``server.script``, a list of (status, body, delay_s) steps; the last step repeats."""
+    server = ScriptedHTTPServer(lambda body, n: server.script[min(n, len(server.script) - 1)], "/search")
+    server.script = [(200, {}, 0.0)]
     yield server
     server.close()
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from metis.tools import TOOLS, Observation, Tool, ToolBox, truncate_observation
+from metis.tools import Observation, Tool, ToolBox, truncate_observation
 from metis.tools.base import smart_resize, validate_arguments
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "tools"
@@ -106,14 +106,6 @@ def test_validate_arguments_subset():
     assert validate_arguments({"q": "x", "n": 2, "extra": 1}, schema) is None
     assert "bool" in validate_arguments({"q": "x", "n": True}, schema)
     assert validate_arguments(None, schema).startswith("arguments must be")
-
-
-def test_registry_and_from_names(tmp_path):
-    assert {"python", "text_search", "image_search"} <= set(TOOLS.names())
-    tb = ToolBox.from_names(["text_search"], {"text_search": {"cache_path": str(tmp_path / "c.db")}},
-                            max_calls_per_trajectory=3)
-    assert tb.names() == ["text_search"] and tb.max_calls == 3
-    tb.close()
 
 
 @pytest.mark.parametrize("name", ["none", "python_only", "all"])
