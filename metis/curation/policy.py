@@ -183,6 +183,7 @@ class RLPassRateStage(_PassRateStage):
     """Keep RL prompts whose pass rate over k rollouts (with tools) is strictly inside the bounds."""
 
     name = "rl_pass_rate"
+    input_trajectories = False  # verl rows, prompt-only records or trajectories (their prompt)
     reasons = {"always_solved": "pass rate >= max_pass_rate (no learning signal)",
                "never_solved": "pass rate <= min_pass_rate (no learning signal)",
                "rollout_failed": "the rollout loop could not start the prompt (too long, broken image)"}
