@@ -63,7 +63,7 @@ def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
 
 
 def python_observation(stdout: str, num_images: int = 0) -> str:
-    """An observation text exactly as the Metis ``python`` tool writes it (REFERENCE.md)."""
+    """An observation text exactly as the Metis ``python`` tool (metis.tools.python_tool) writes it."""
     text = PYTHON_HEADER + stdout
     if num_images:
         text += "\nImages:\n" + "\n".join(IMAGE_PLACEHOLDER for _ in range(num_images))

@@ -1,7 +1,7 @@
 """Synthetic SFT trajectories in the Metis format, built from :mod:`metis.data.synthetic` tasks.
 
 The code in each tool call really solves the task and the observation is what the Metis python
-tool returns for it (REFERENCE.md: ``Code execution result:\\n<stdout>`` plus ``\\nImages:\\n<image>``
+tool returns for it (``Code execution result:\\n<stdout>`` plus ``\\nImages:\\n<image>``
 per displayed image; images resized to multiples of 32 within [4096, 5120*32*32] pixels):
 
 * arithmetic: ``print(a * b)`` -> ``Code execution result:\\n<a*b>\\n``;
