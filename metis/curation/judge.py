@@ -2,9 +2,9 @@
 
 Per trajectory the judge (any OpenAI-compatible server, :class:`metis.curation.llm.ChatClient`)
 sees the question, the ground truth (or, when the data set has none, a line saying so: a truth
-taken from the trajectory's own answer would tell the judge nothing), the final answer, a transcript (assistant turns, each tool call's code
-or arguments, each observation, ``<image k>`` markers) and the images (input and observation
-images, downscaled, as ``image_url`` data URIs). It returns ``visual_relevance`` and
+taken from the trajectory's own answer would tell the judge nothing), the final answer, a
+transcript (assistant turns, each tool call's code or arguments, each observation, ``<image k>``
+markers) and the images (input and observation images, downscaled, as ``image_url`` data URIs). It returns ``visual_relevance`` and
 ``reasoning_coherence`` (1-5) and, per tool call, ``justified`` with a reason. A trajectory is kept
 when every threshold holds; otherwise it is dropped with the first failing reason, in this order:
 ``unjustified_tool_call`` (fraction of justified calls < ``min_justified_fraction``),

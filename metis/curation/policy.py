@@ -84,7 +84,7 @@ class AgentPolicy:
 
 def task_for(sample: Sample, default_verifier: str) -> Any:
     """The prompt of a record as a :class:`metis.data.task.Task` (verifier and category set)."""
-    from metis.data.converters import task_from_record
+    from metis.data.rollout_records import task_from_record
 
     rec = sample.record
     task = task_from_record(rec)

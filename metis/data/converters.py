@@ -94,6 +94,23 @@ def _code_text(body: str) -> str:
     return (m.group(1) if m else body).strip("\n")
 
 
+def _code_block(text: str) -> tuple[int, int]:
+    """``(start of <code>, start of </code>)`` of the turn's code block, or ``(-1, -1)``: it ends at
+    the last ``</code>`` and starts at the ``<code>`` that balances it, so tags the code prints
+    (``print("<code>x</code>")``) nest inside and a ``<code>`` mentioned in the reasoning before
+    it stays in the reasoning (where validation rejects it)."""
+    end = text.rfind("</code>")
+    depth = 0
+    for m in reversed(list(re.finditer(r"</?code>", text[:max(end, 0)]))):
+        if m.group() == "</code>":
+            depth += 1
+        elif depth == 0:
+            return m.start(), end
+        else:
+            depth -= 1
+    return -1, -1
+
+
 def _outside(text: str, spans: list[tuple[int, int]]) -> str:
     rest, pos = [], 0
     for start, end in sorted(spans):
@@ -106,22 +123,18 @@ def _outside(text: str, spans: list[tuple[int, int]]) -> str:
 def canonical_assistant(text: str) -> tuple[str, dict[str, Any] | None]:
     """``(canonical text, tool call or None)`` of one assistant turn (idempotent).
 
-    A ``<code>`` block runs from the turn's first ``<code>`` to its last ``</code>``, so code that
-    prints tags (``print("<code>x</code>")``) stays whole; answers are looked for outside tool calls
-    only. A turn with two tool calls, two answers, or a tool call and an answer raises
-    :class:`BadRecord` (``bad_tool_call`` / ``bad_answer`` / ``call_and_answer``). Tags left
-    unmatched stay in the reasoning text, where :meth:`TrajectoryRecord.validate` rejects them.
+    The ``<code>`` block is found by :func:`_code_block`, so code that prints tags stays whole;
+    answers are looked for outside tool calls only. A turn with two tool calls, two answers, or a
+    tool call and an answer raises :class:`BadRecord` (``bad_tool_call`` / ``bad_answer`` /
+    ``call_and_answer``). Tags left unmatched stay in the reasoning text, where
+    :meth:`TrajectoryRecord.validate` rejects them.
     """
     calls = [(m.span(), _parse_call(m.group(1))) for m in _CALL_RE.finditer(text)]
-    start, end = text.find("<code>"), text.rfind("</code>")
-    if 0 <= start < end and not any(s <= start < e for (s, e), _ in calls):
-        inner = text[start + len("<code>"):end]
-        depth = 0
-        for tag in re.findall(r"</?code>", inner):  # tags printed by the code nest; a second block does not
-            depth += 1 if tag == "<code>" else -1
-            if depth < 0:
-                raise BadRecord("bad_tool_call", "2 code blocks in one assistant turn")
-        code = _code_text(inner)
+    start, end = _code_block(text)
+    if start >= 0 and not any(s <= start < e for (s, e), _ in calls):
+        if "</code>" in text[:start]:
+            raise BadRecord("bad_tool_call", "2 code blocks in one assistant turn")
+        code = _code_text(text[start + len("<code>"):end])
         calls.append(((start, end + len("</code>")), {"name": "python", "arguments": {"code": code}}))
     if len(calls) > 1:
         raise BadRecord("bad_tool_call", f"{len(calls)} tool calls in one assistant turn")
@@ -282,9 +295,13 @@ def from_messages_row(row: dict[str, Any], image_root: str | Path | None = None,
             raise BadRecord("bad_messages", f"unknown role {role_raw!r}")
         value = m.get("content") if "content" in m else m.get("value")
         if role_raw == "function_call":
-            call = _function_call(value)
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": "<reason></reason>" + tool_call_text(
-                call["name"], call["arguments"])}], "tool_call": call})
+            call, reason = _function_call(value), ""
+            prev = messages[-1] if messages else None
+            if prev is not None and prev["role"] == "assistant" and not prev["tool_call"] \
+                    and "<answer>" not in parts_text(prev["content"]):  # its thought, then the call: one turn
+                reason = _REASON_TAG_RE.sub("", parts_text(messages.pop()["content"])).strip()
+            text = f"<reason>{reason}</reason>" + tool_call_text(call["name"], call["arguments"])
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": text}], "tool_call": call})
             continue
         parts = _to_parts(value)
         if role == "assistant":
@@ -411,65 +428,3 @@ def to_messages_row(record: TrajectoryRecord) -> dict[str, Any]:
     return {"id": record.id, "data_source": record.source,
             "messages": [{"role": m["role"], "content": parts_text(m["content"])} for m in record.messages],
             "images": [png(im) for im in record.images], "ground_truth": list(record.ground_truth)}
-
-
-# ---- rollouts -----------------------------------------------------------------------------------
-def record_from_trajectory(traj: Any, system_prompt: str | None = None) -> TrajectoryRecord:
-    """A rollout (``metis.agent.trajectory.Trajectory``) as a record.
-
-    Observations are matched to the turns that ended in ``</tool_call>``; each takes as many of
-    the rollout's observation images as its text has ``<image>`` placeholders (the Python tool
-    writes one per image). Images that cannot be placed are dropped and counted in ``meta``.
-    """
-    from metis.agent.format import ParseError, parse_tool_call, sanitize_observation
-
-    task = traj.task
-    messages: list[dict[str, Any]] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}], "tool_call": None})
-    messages.append({"role": "user", "content": [dict(p) for p in task.content()], "tool_call": None})
-    images = list(task.images)
-    extra = list(traj.images[len(task.images):])
-    observations = iter(traj.observations)
-    parse_errors = 0
-    for turn in traj.turn_texts:
-        text = turn[: -len("<|im_end|>")] if turn.endswith("<|im_end|>") else turn
-        call = None
-        if text.rstrip().endswith("</tool_call>"):
-            parsed = parse_tool_call(text)
-            if isinstance(parsed, ParseError):
-                parse_errors += 1
-            else:
-                call = {"name": parsed.name, "arguments": parsed.arguments}
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": text}], "tool_call": call})
-        if text.rstrip().endswith("</tool_call>"):
-            obs = next(observations, None)
-            if obs is None:
-                continue
-            n = min(obs["text"].count(IMAGE_PLACEHOLDER), len(extra))
-            images.extend(extra[:n])
-            extra = extra[n:]
-            messages.append({"role": "tool", "content": split_placeholders(sanitize_observation(obs["text"], n)),
-                             "tool_call": None})
-    answer = task.answer if isinstance(task.answer, list) else [task.answer]
-    meta = {"group_id": traj.group_id, "num_tool_calls": traj.num_tool_calls, "tool_errors": traj.tool_errors,
-            "num_turns": traj.num_turns, "truncated": traj.truncated, "needs_tool": task.needs_tool,
-            "category": task.category, "verifier": task.verifier, "task_meta": task.meta,
-            "parse_errors": parse_errors, "dropped_images": len(extra),
-            "tool_errors_by_turn": [o.get("error") for o in traj.observations]}
-    return TrajectoryRecord(id=traj.traj_id, messages=messages, images=images, final_answer=traj.final_answer,
-                            ground_truth=[str(a) for a in answer], source=task.data_source, source_id=task.id,
-                            meta=meta)
-
-
-def task_from_record(record: TrajectoryRecord):
-    """The prompt of a record (first user turn and its images) as a :class:`metis.data.task.Task`."""
-    from metis.data.task import Task
-
-    user = next((m for m in record.messages if m["role"] == "user"), None)
-    if user is None:
-        raise BadRecord("bad_row", "record has no user message")
-    n_img = sum(p["type"] == "image" for p in user["content"])
-    answer: str | list[str] = record.ground_truth[0] if len(record.ground_truth) == 1 else list(record.ground_truth)
-    return Task(id=record.id, question=parts_text(user["content"]), images=list(record.images[:n_img]),
-                answer=answer, data_source=record.source, meta=dict(record.meta))

@@ -295,7 +295,7 @@ class TrajectoryRecord:
     @classmethod
     def from_trajectory(cls, traj: Any, system_prompt: str | None = None) -> "TrajectoryRecord":
         """A rollout (:class:`metis.agent.trajectory.Trajectory`) as a record."""
-        from metis.data.converters import record_from_trajectory  # lazy: agent imports metis.data
+        from metis.data.rollout_records import record_from_trajectory  # lazy: agent imports metis.data
 
         return record_from_trajectory(traj, system_prompt=system_prompt)
 

@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from metis.data.converters import (
-    canonical_assistant, from_deepeyes_v2, from_thyme, task_from_record, to_messages_row,
-)
+from metis.data.converters import canonical_assistant, from_deepeyes_v2, from_thyme, to_messages_row
+from metis.data.rollout_records import task_from_record
 from metis.data.schema import BadRecord, TrajectoryRecord, load_jsonl, load_records, save_jsonl, save_records
 
 

@@ -80,6 +80,28 @@ def test_call_and_answer_in_one_turn_is_not_silently_cut():
         text.split("<tool_call>")[0]
 
 
+def test_a_code_tag_mentioned_in_reasoning_is_not_taken_for_the_block():
+    text, c = canonical_assistant("<think>I will use <code> now</think><code>\n```python\nprint(2)\n```\n</code>")
+    assert c == {"name": "python", "arguments": {"code": "print(2)"}}
+    rec = TrajectoryRecord(id="x", messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": text,
+                                                                              "tool_call": c}])
+    with pytest.raises(BadRecord) as err:  # the stray tag stays visible, and is refused, not trained on
+        rec.validate(require_answer=False)
+    assert err.value.kind == "tool_call_in_reasoning"
+
+
+def test_llamafactory_thought_before_a_function_call_is_one_turn():
+    from metis.data.converters import from_messages_row
+
+    row = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "Let me search."},
+                             {"from": "function_call", "value": '{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}'},
+                             {"from": "observation", "value": "r"}, {"from": "gpt", "value": "<answer>y</answer>"}]}
+    rec = from_messages_row(row)
+    assert [m["role"] for m in rec.messages] == ["user", "assistant", "tool", "assistant"]
+    assert rec.messages[1]["content"][0]["text"].startswith("<reason>Let me search.</reason><tool_call>")
+    assert rec.tool_calls[0] == {"name": "text_search", "arguments": {"query": "x"}}
+
+
 def test_llamafactory_function_call_and_observation_roles(tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "sign.png").write_bytes(png())
