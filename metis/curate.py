@@ -36,10 +36,14 @@ def curate(cfg: DictConfig, stage: Any = None, logger: Any = None) -> dict[str, 
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     except Exception:  # noqa: BLE001 - outside a Hydra run ${hydra:...} cannot resolve
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    source = SampleSource(cfg.stage.input, image_root=cfg.stage.get("image_root"),
-                          layout=cfg.stage.get("layout", "auto"), limit=cfg.get("limit"))
     if stage is None:
         stage = hydra.utils.instantiate(cfg.stage.impl, _recursive_=False)
+    source = SampleSource(cfg.stage.input, image_root=cfg.stage.get("image_root"),
+                          layout=cfg.stage.get("layout", "auto"), limit=cfg.get("limit"),
+                          trajectories=bool(getattr(stage, "input_trajectories", True)),
+                          require_answer=not bool(cfg.stage.get("keep_answerless", False)),
+                          max_skipped_fraction=float(cfg.get("max_skipped_fraction", 1.0)),
+                          skipped_rows_file=out / "skipped_rows.jsonl")
     if logger is None and cfg.get("logger"):
         logger = hydra.utils.instantiate(cfg.logger)
     try:
@@ -61,8 +65,13 @@ def main(cfg: DictConfig) -> int:
         report = curate(cfg)
     except StageAborted as err:
         log.error("curation stage %s stopped: %s", cfg.stage.name, err)
-        print(f"\nstage {cfg.stage.name} INCOMPLETE: {err}\nreport: {Path(cfg.output_dir).resolve() / 'report.md'}",
-              flush=True)
+        report_md = Path(cfg.output_dir).resolve() / "report.md"
+        where = f"\nreport: {report_md}" if report_md.exists() else ""
+        print(f"\nstage {cfg.stage.name} INCOMPLETE: {err}{where}", flush=True)
+        raise SystemExit(2) from None
+    except (ValueError, FileNotFoundError) as err:  # bad input or settings, found before any sample ran
+        log.error("curation stage %s cannot start: %s", cfg.stage.name, err)
+        print(f"\nstage {cfg.stage.name} cannot start: {err}", flush=True)
         raise SystemExit(2) from None
     c = report["counts"]
     print(f"\nstage {report['stage']} {report['status']}: {c['in']} in, {c['kept']} kept, {c['removed']} removed "

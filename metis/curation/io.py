@@ -1,13 +1,15 @@
 """Reading curation inputs, the resumable per-sample results log, and writing kept sets.
 
-Inputs are the project's trajectory datasets (:mod:`metis.data.schema`: parquet or JSONL, any
-layout :func:`metis.data.converters.row_converter` knows) or RL prompt sets: prompt-only records in
-the same schema, or verl-style rows (``prompt``, ``images``, ``data_source``, ``ability``,
-``reward_model.ground_truth``, ``extra_info``; the Metis-RL layout of docs/paper.md).
+Inputs are the project's trajectory datasets (:mod:`metis.data.schema`: parquet, JSON or JSONL,
+any layout :func:`metis.data.converters.row_converter` knows) or RL prompt sets: prompt-only records
+in the same schema, or verl-style rows (``prompt``, ``images``, ``data_source``, ``ability``,
+``reward_model.ground_truth``, ``extra_info``; the Metis-RL layout). Rows are read through
+:mod:`metis.io.tables`, the reader SFT training uses.
 
 :class:`SampleSource` scans the input once (images read header-only) so that every row gets a
-stable key and bad rows (unparseable JSON, missing or corrupt images, no messages, duplicate ids)
-are known up front; records are then decoded lazily, batch by batch.
+stable key and bad rows (unreadable lines, missing or corrupt images, no messages, unbalanced
+tags, duplicate ids, ...) are known and counted up front; records are then decoded lazily, batch
+by batch.
 
 :class:`ResultLog` is the JSONL file every stage appends to, one row per sample id
 (``{"id", "status", "reason", "details"}``); the last row of an id wins and a torn last line (a
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from metis.data.schema import BadRecord, TrajectoryRecord, open_image, save_records, split_placeholders
+from metis.io.tables import SkippedRows, open_table, reason_of
 
 STATUSES = ("kept", "dropped", "bad_input", "error")
 FINAL_STATUSES = ("kept", "dropped")  # rows a rerun does not redo
@@ -107,106 +110,73 @@ class Sample:
     detail: str = ""
 
 
-def _bad(err: Exception) -> tuple[str, str]:
-    if isinstance(err, BadRecord):
-        return err.kind, str(err)[:300]
-    return "bad_row", f"{type(err).__name__}: {str(err)[:300]}"
-
-
 class SampleSource:
-    """The rows of one input file or folder, keyed by sample id, decoded lazily."""
+    """The rows of one input (:func:`metis.io.tables.open_table`), keyed by sample id, decoded lazily.
+
+    ``trajectories=True`` (the SFT stages) refuses an RL prompt table and validates every record
+    (:meth:`TrajectoryRecord.validate`; ``require_answer=False`` keeps trajectories without a final
+    answer); ``False`` (``rl_pass_rate``) takes verl rows, prompt-only records or trajectories.
+    Every unusable row is counted by reason (``skipped``, listed in ``skipped_rows_file``); more
+    than ``max_skipped_fraction`` of them stops before any stage runs (:class:`TooManySkipped`).
+    """
 
     def __init__(self, path: str | Path, image_root: str | Path | None = None, layout: str = "auto",
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, trajectories: bool = False, require_answer: bool = True,
+                 max_skipped_fraction: float = 1.0, skipped_rows_file: str | Path | None = None) -> None:
         self.path = Path(str(path)).expanduser()
         if not self.path.exists():
             raise FileNotFoundError(f"curation input {self.path} does not exist")
-        self.image_root = image_root
-        self.rows, self.columns, self.parse_errors = self._read_rows(limit)
+        self.table = open_table(self.path, limit=limit)
+        self.columns = self.table.columns
+        self.image_root = image_root if image_root is not None else self.table.folder
         verl = layout == "verl" or (layout == "auto" and is_verl_layout(self.columns))
         self.layout = "verl" if verl else layout
+        if verl and trajectories:
+            raise ValueError(f"curation input {self.path} holds RL prompts (verl 'prompt' rows), but this stage "
+                             "expects SFT trajectories (raw_sft=...); RL prompts go to stage=rl_pass_rate")
+        self.trajectories, self.require_answer = trajectories, require_answer
+        self.skipped = SkippedRows(f"curation input {self.path.name}", max_skipped_fraction,
+                                   file=skipped_rows_file, bound_key="max_skipped_fraction")
         self._convert = self._converter(full_decode=True)
         self.ids: list[str] = []
         self.errors: dict[int, tuple[str, str]] = {}
         self._scan()
-
-    def _read_rows(self, limit: int | None) -> tuple[Any, list[str], dict[int, str]]:
-        errors: dict[int, str] = {}
-        if self.path.suffix in (".jsonl", ".json"):
-            text = self.path.read_text()
-            if text.lstrip().startswith("["):
-                rows: list[Any] = json.loads(text)
-            else:
-                rows = []
-                for line in text.splitlines():
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        errors[len(rows)] = f"line is not JSON ({err})"
-                        rows.append(None)
-            if self.image_root is None:
-                self.image_root = self.path.parent
-            rows = rows[:limit] if limit is not None else rows
-            columns = sorted({k for r in rows[:200] if isinstance(r, dict) for k in r})
-            return rows, columns, errors
-        import datasets
-
-        files = [str(self.path)] if self.path.is_file() else sorted(str(p) for p in self.path.rglob("*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"{self.path} holds no parquet or JSONL data")
-        import pyarrow.parquet as pq
-
-        if all(pq.read_metadata(f).num_rows == 0 for f in files):  # ``datasets`` cannot load an empty table
-            return [], list(pq.read_schema(files[0]).names), errors
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
-        for name, feat in ds.features.items():  # our decoder reads headers only at scan time, and counts bad bytes
-            if isinstance(feat, datasets.Image):
-                ds = ds.cast_column(name, datasets.Image(decode=False))
-            elif isinstance(feat, datasets.List) and isinstance(feat.feature, datasets.Image):
-                ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
-        return ds, list(ds.column_names), errors
 
     def _converter(self, full_decode: bool) -> Callable[[dict[str, Any], int], TrajectoryRecord]:
         if self.layout == "verl":
             return lambda row, i: from_verl_row(row, i, self.image_root, full_decode)
         from metis.data.converters import row_converter
 
-        conv = row_converter(self.columns, self.layout, self.image_root, full_decode)
-        return lambda row, i: conv(row)
+        conv = row_converter(self.columns, self.layout, self.image_root, full_decode, source=self.table.name)
 
-    def _row(self, i: int) -> dict[str, Any]:
-        if i in self.parse_errors:
-            raise BadRecord("unparseable_row", self.parse_errors[i])
-        try:
-            row = self.rows[i]
-        except Exception as err:  # noqa: BLE001 - e.g. undecodable cells inside ``datasets``
-            raise BadRecord("unparseable_row", f"{type(err).__name__}: {str(err)[:200]}") from None
-        if not isinstance(row, dict):
-            raise BadRecord("unparseable_row", f"row is a {type(row).__name__}, not an object")
-        return row
+        def convert(row: dict[str, Any], i: int) -> TrajectoryRecord:
+            rec = conv(row)
+            if self.trajectories:
+                rec.validate(require_answer=self.require_answer)
+            return rec
+
+        return convert
 
     def _scan(self) -> None:
         header_only = self._converter(full_decode=False)
         seen: set[str] = set()
-        for i in range(len(self.rows)):
+        for i in range(len(self.table)):
             rid = f"row-{i}"
             try:
-                row = self._row(i)
+                row = self.table[i]
                 if row.get("id") not in (None, ""):
                     rid = str(row["id"])
-                rec = header_only(row, i)
-                rid = rec.id or rid
+                rid = header_only(row, i).id or rid
             except Exception as err:  # noqa: BLE001 - every failure is a bad-input kind
-                self.errors[i] = _bad(err)
+                self.errors[i] = reason_of(err)
             if rid in seen:
                 self.errors[i] = ("duplicate_id", f"id {rid!r} already used by an earlier row")
                 rid = f"{rid}#row-{i}"
+            if i in self.errors:
+                self.skipped.skip(i, *self.errors[i], row_id=rid)
             seen.add(rid)
             self.ids.append(rid)
+        self.skipped.finish(len(self.table))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -217,9 +187,9 @@ class SampleSource:
             kind, detail = self.errors[i]
             return Sample(i, self.ids[i], error=kind, detail=detail)
         try:
-            rec = self._convert(self._row(i), i)
+            rec = self._convert(self.table[i], i)
         except Exception as err:  # noqa: BLE001 - the header scan passed but the bytes are broken
-            kind, detail = _bad(err)
+            kind, detail = reason_of(err)
             return Sample(i, self.ids[i], error=kind, detail=detail)
         rec.id = self.ids[i]
         return Sample(i, self.ids[i], record=rec)

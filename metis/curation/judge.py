@@ -1,9 +1,10 @@
 """Stage ``judge``: an LLM judge scores each trajectory with the rubric in ``prompts/judge_rubric.md``.
 
 Per trajectory the judge (any OpenAI-compatible server, :class:`metis.io.chat_client.ChatClient`)
-sees the question, ground truth, final answer, a transcript (assistant turns, each tool call's code
-or arguments, each observation, ``<image k>`` markers) and the images (input and observation
-images, downscaled, as ``image_url`` data URIs). It returns ``visual_relevance`` and
+sees the question, the ground truth (or, when the data set has none, a line saying so: a truth
+taken from the trajectory's own answer would tell the judge nothing), the final answer, a
+transcript (assistant turns, each tool call's code or arguments, each observation, ``<image k>``
+markers) and the images (input and observation images, downscaled, as ``image_url`` data URIs). It returns ``visual_relevance`` and
 ``reasoning_coherence`` (1-5) and, per tool call, ``justified`` with a reason. A trajectory is kept
 when every threshold holds; otherwise it is dropped with the first failing reason, in this order:
 ``unjustified_tool_call`` (fraction of justified calls < ``min_justified_fraction``),
@@ -174,7 +175,10 @@ class JudgeStage(Stage):
         question = parts_text(user["content"]).replace("<image>", "").strip() if user else ""
         inputs, per_tool = split_images(rec)
         images = inputs + [im for group in per_tool for im in group]
-        fields = {"sample_id": rec.id, "question": question, "ground_truth": " | ".join(rec.ground_truth) or "(none)",
+        truth = " | ".join(rec.ground_truth)
+        if not truth or rec.meta.get("ground_truth_from") == "final_answer":
+            truth = "not given by the data set (judge the final answer on the trajectory itself)"
+        fields = {"sample_id": rec.id, "question": question, "ground_truth": truth,
                   "final_answer": rec.final_answer if rec.final_answer is not None else "(none)",
                   "num_tool_calls": str(rec.num_tool_calls), "num_images": str(len(images)),
                   "transcript": render_transcript(rec, self.max_chars)}

@@ -16,7 +16,10 @@ stage code is the same.
   after, next to the paper's 45 / 36 / 19 %.
 
 Correctness is the deterministic verifier named by the record (``meta["verifier"]``) or the stage's
-``default_verifier``, scored against the record's ground truths.
+``default_verifier``, scored against the record's ground truths. A layout without an answer column
+(DeepEyesV2, Thyme) has the trajectory's own final answer as ground truth (the converter marks it
+``meta["ground_truth_from"] = "final_answer"``; the report counts them); a record with neither is
+never scored: it gets an ``error`` row ``no_ground_truth``.
 
 Deliberate simplifications: no LLM judge for answers here (verifiers only); a prompt the loop
 cannot start (too long, broken image) is reported as bad input; the policy is put in eval mode.
@@ -81,7 +84,7 @@ class AgentPolicy:
 
 def task_for(sample: Sample, default_verifier: str) -> Any:
     """The prompt of a record as a :class:`metis.core.task.Task` (verifier and category set)."""
-    from metis.data.converters import task_from_record
+    from metis.data.rollout_records import task_from_record
 
     rec = sample.record
     task = task_from_record(rec)
@@ -141,17 +144,22 @@ class _PassRateStage(Stage):
         raise NotImplementedError
 
     def process(self, samples: list[Sample]) -> list[dict[str, Any]]:
-        results = self.rollouts(samples)
+        scorable = [s for s in samples if s.record.ground_truth]
+        results = self.rollouts(scorable) if scorable else {}
         rows = []
         for s in samples:
+            if s.id not in results:  # never scored against nothing (every verifier would say 0)
+                rows.append({"id": s.id, "status": "error", "reason": "no_ground_truth",
+                             "details": {"detail": "no answer column and no final <answer> in the trajectory"}})
+                continue
             entry = results[s.id]
             if "skipped" in entry:
                 rows.append({"id": s.id, "status": "error", "reason": "rollout_failed",
                              "details": {"detail": entry["skipped"][:300], "category": entry["category"]}})
                 continue
             reason = self.verdict(entry["pass_rate"])
-            rows.append({"id": s.id, "status": "dropped" if reason else "kept", "reason": reason,
-                         "details": self._details(entry)})
+            details = {**self._details(entry), "ground_truth_from": s.record.meta.get("ground_truth_from", "data")}
+            rows.append({"id": s.id, "status": "dropped" if reason else "kept", "reason": reason, "details": details})
         return rows
 
     def _details(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +174,8 @@ class NoToolSolvableStage(_PassRateStage):
 
     name = "no_tool_solvable"
     reasons = {"solvable_without_tools": "the base model answers it without tools in >= max_pass_rate of k samples",
-               "rollout_failed": "the rollout loop could not start the prompt (too long, broken image)"}
+               "rollout_failed": "the rollout loop could not start the prompt (too long, broken image)",
+               "no_ground_truth": "no answer column and no final <answer> to score against (retried on rerun)"}
 
     def __init__(self, policy: Any, k: int = 8, max_pass_rate: float = 1.0, default_verifier: str = "exact") -> None:
         super().__init__(policy, k, default_verifier)
@@ -178,11 +187,16 @@ class NoToolSolvableStage(_PassRateStage):
     def verdict(self, pass_rate: float) -> str | None:
         return "solvable_without_tools" if pass_rate >= self.max_pass_rate else None
 
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        own = sum(1 for r in rows if (r.get("details") or {}).get("ground_truth_from") == "final_answer")
+        return {"metrics": {"ground_truth_from_final_answer": own}}
+
 
 class RLPassRateStage(_PassRateStage):
     """Keep RL prompts whose pass rate over k rollouts (with tools) is strictly inside the bounds."""
 
     name = "rl_pass_rate"
+    input_trajectories = False  # verl rows, prompt-only records or trajectories (their prompt)
     reasons = {"always_solved": "pass rate >= max_pass_rate (no learning signal)",
                "never_solved": "pass rate <= min_pass_rate (no learning signal)",
                "rollout_failed": "the rollout loop could not start the prompt (too long, broken image)"}

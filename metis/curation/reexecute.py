@@ -11,7 +11,9 @@ record is dropped when
   perceptual hashes within a tolerance);
 * ``observation_missing``: a tool call has no observation message after it;
 * ``tool_not_replayable``: a non-python call, only with ``non_python: drop`` (the default ``keep``
-  leaves search calls unchecked and counts them in the details).
+  leaves search calls unchecked and counts them in the details);
+* ``too_many_calls``: more calls than the stage's own ``max_calls`` (default 256; the toolbox's
+  per-question limit of RL rollouts is raised to it, so every recorded call is replayed).
 
 Before the first batch a probe call checks that the sandbox works at all: a broken sandbox aborts
 the stage instead of dropping every record as ``code_failed``.
@@ -63,25 +65,35 @@ class ReexecuteStage(Stage):
         "observation_mismatch_image": "a recorded observation image differs (count or perceptual hash)",
         "observation_missing": "a tool call is not followed by an observation",
         "tool_not_replayable": "a non-python tool call (non_python=drop)",
+        "too_many_calls": "more tool calls than reexecute.max_calls",
     }
 
     def __init__(self, tools: Any, workers: int = 4, non_python: str = "keep", sig_digits: int = 6,
-                 hash_method: str = "phash", hash_size: int = 8, max_hash_distance: int = 10) -> None:
+                 hash_method: str = "phash", hash_size: int = 8, max_hash_distance: int = 10,
+                 max_calls: int = 256) -> None:
         if non_python not in ("keep", "drop"):
             raise ValueError(f"reexecute.non_python must be keep or drop, got {non_python!r}")
+        if int(max_calls) < 1:
+            raise ValueError(f"reexecute.max_calls must be >= 1, got {max_calls}")
         self.tools_cfg, self.workers, self.non_python = tools, max(1, int(workers)), non_python
+        self.max_calls = int(max_calls)
         self.cmp = dict(sig_digits=sig_digits, hash_method=hash_method, hash_size=hash_size,
                         max_distance=max_hash_distance)
         self.toolbox: Any = None
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": self.workers, "non_python": self.non_python, **self.cmp}
+        return {"workers": self.workers, "non_python": self.non_python, "max_calls": self.max_calls, **self.cmp}
 
     def open(self) -> None:
         if self.toolbox is None:
             import hydra
 
-            self.toolbox = self.tools_cfg if hasattr(self.tools_cfg, "execute") else hydra.utils.instantiate(self.tools_cfg)
+            if hasattr(self.tools_cfg, "execute"):
+                self.toolbox = self.tools_cfg
+            else:  # the RL toolbox's per-question call limit is not the data's: replay every recorded call
+                self.toolbox = hydra.utils.instantiate(self.tools_cfg, max_calls_per_trajectory=self.max_calls)
+            if getattr(self.toolbox, "max_calls", self.max_calls) < self.max_calls:
+                self.toolbox.max_calls = self.max_calls
         if "python" not in getattr(self.toolbox, "names", lambda: ["python"])():
             raise StageAborted("reexecute needs the python tool (tools=python_only or tools=all)")
         probe = f"reexecute-probe-{next(_ids)}"
@@ -106,6 +118,8 @@ class ReexecuteStage(Stage):
     def replay(self, sample: Sample) -> dict[str, Any]:
         rec = sample.record
         assert rec is not None
+        if rec.num_tool_calls > self.max_calls:
+            return self._row(rec, "dropped", "too_many_calls", [], {"calls": rec.num_tool_calls, "max_calls": self.max_calls})
         inputs, tool_images = split_images(rec)
         traj_id = f"reexecute/{rec.id}/{next(_ids)}"
         msgs = rec.messages

@@ -17,14 +17,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from metis.data.schema import SKIP_REASONS
+
 log = logging.getLogger("metis.curation")
-BAD_INPUT = {"unparseable_row": "the row cannot be read (not JSON, undecodable cells)",
-             "missing_image": "an image file or entry is missing", "corrupt_image": "an image cannot be decoded",
-             "bad_row": "the row lacks what a sample needs (messages, ground truth, known roles)",
-             "image_mismatch": "<image> placeholders and images disagree", "bad_tool_call": "a tool call is not valid",
-             "duplicate_id": "an earlier row has the same id", "no_assistant_turn": "no assistant text"}
-
-
 def _short(details: dict[str, Any], limit: int = 240) -> str:
     keep = details.get("failure") or details.get("detail") or {
         k: v for k, v in details.items() if k in ("pass_rate", "scores", "summary", "failing", "mean_tool_calls")}
@@ -54,7 +49,7 @@ def build_report(stage: Any, source: Any, rows: list[dict[str, Any]], *, status:
     return {"stage": stage.name, "status": status, "message": message, "input": str(source.path),
             "layout": source.layout, "counts": counts, "removed_by_reason": dict(sorted(removed.items())),
             "bad_input_by_kind": dict(sorted(bad.items())), "errors_by_kind": dict(sorted(errors.items())),
-            "reasons": {**BAD_INPUT, **stage.reasons}, "examples": dict(examples), "settings": stage.describe(),
+            "reasons": {**SKIP_REASONS, **stage.reasons}, "examples": dict(examples), "settings": stage.describe(),
             "metrics": summary.get("metrics", {}), "sections": summary.get("sections", {}),
             "by_category": summary.get("by_category"), "run": {k: (round(v, 2) if isinstance(v, float) else v)
                                                                 for k, v in stats.items()},

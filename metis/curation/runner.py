@@ -12,8 +12,9 @@ rest:
   exactly what an uninterrupted run wrote;
 * bad input rows become ``bad_input`` rows; ``error`` rows (e.g. one unparseable judge reply) and
   bad input are retried by every rerun;
-* a stage that cannot go on (judge unreachable, sandbox broken) raises :class:`StageAborted`: the
-  rows finished so far are appended, the report says "incomplete", nothing is deleted;
+* a stage that cannot go on (judge unreachable, sandbox broken; in :meth:`Stage.open` or in a
+  batch) raises :class:`StageAborted`: the rows finished so far are appended, the report says
+  "incomplete", nothing is deleted;
 * on completion the kept records (annotated by the stage, in input order) are written atomically
   to ``kept.parquet`` and the report to ``report.md`` / ``report.json`` (and the logger).
 
@@ -55,6 +56,8 @@ class Stage:
 
     name: str = "stage"
     atomic_batches: bool = False
+    # True: the input must be SFT trajectories (an RL prompt table is refused, records validated)
+    input_trajectories: bool = True
     # reasons for removal, with one line each for the report
     reasons: dict[str, str] = {}
 
@@ -144,11 +147,11 @@ def run_stage(stage: Stage, source: SampleSource, out_dir: str | Path, *, batch_
             rows = [bad_input_row(s) for s in samples if s.error is not None and s.index in todo]
             valid = [s for s in samples if s.error is None]
             if valid:
-                if not opened:
-                    stage.open()
-                    opened = True
-                seed_all(derive_seed(seed, stage.name, b))
                 try:
+                    if not opened:
+                        opened = True  # close() also releases what a failed open() acquired
+                        stage.open()
+                    seed_all(derive_seed(seed, stage.name, b))
                     out_rows = stage.process(valid)
                 except StageAborted as err:
                     aborted = err

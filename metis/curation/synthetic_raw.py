@@ -54,7 +54,7 @@ RL_BLOCK = [("mixed", 0.25, True), ("mixed", 0.5, False), ("always", 1.0, False)
             ("never", 0.0, False), ("mixed", 0.375, True), ("mixed", 0.625, False), ("always", 1.0, False),
             ("mixed", 0.5, False), ("never", 0.0, False)]
 POINTLESS_CODE = 'print("Let me look at the image more carefully.")'
-BAD_ROWS = {"bad-not-json": "unparseable_row", "bad-missing-image": "missing_image", "bad-no-messages": "bad_row"}
+BAD_ROWS = {"bad-not-json": "unreadable_row", "bad-missing-image": "missing_image", "bad-no-messages": "bad_messages"}
 
 
 def _with_code(msg: dict[str, Any], code: str) -> None:
@@ -156,8 +156,8 @@ def make_raw_sets(out_dir: str | Path, n_sft: int = 240, n_rl: int = 120, seed: 
             fh.write(json.dumps({**good_row, "id": "bad-missing-image", "source_id": "bad-missing-image",
                                  "images": ["images/does_not_exist.png"]}) + "\n")
             fh.write(json.dumps({"id": "bad-no-messages", "images": [], "source_id": "x", "meta": "{}"}) + "\n")
-        plan["bad_rows"] = {"row-%d" % n_sft: "unparseable_row", "bad-missing-image": "missing_image",
-                            "bad-no-messages": "bad_row"}
+        plan["bad_rows"] = {"row-%d" % n_sft: BAD_ROWS["bad-not-json"], "bad-missing-image": BAD_ROWS["bad-missing-image"],
+                            "bad-no-messages": BAD_ROWS["bad-no-messages"]}
     prompts = []
     for i in range(n_rl):
         rec, entry = rl_record(i, rng)

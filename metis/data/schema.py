@@ -6,13 +6,21 @@ parts refer to (in order of appearance across all messages), the tool call of ea
 the final answer, the ground truth, the provenance and a free ``meta`` dict.
 
 Storage is a Hugging Face ``datasets`` dataset (parquet, images as bytes): :func:`save_records` /
-:func:`load_records` (a local parquet file or directory, a JSON/JSONL file, or a hub id). Foreign
-layouts (Metis-ColdStart, DeepEyesV2, Thyme) are recognised by their columns and converted row by
-row through :mod:`metis.data.converters`.
+:func:`load_records` (a local parquet file or directory, a JSON/JSONL file, or a hub id, read
+through :func:`metis.io.tables.open_table`). Foreign layouts (Metis-ColdStart, DeepEyesV2,
+LLaMA-Factory sharegpt, Thyme) are recognised by their columns and converted row by row through
+:mod:`metis.data.converters`.
+
+:meth:`TrajectoryRecord.validate` checks what training relies on: known roles, some assistant
+text, one image per image part, balanced tags in every assistant turn (``unbalanced_tags``), no
+``<tool_call>`` / ``<code>`` inside reasoning (``tool_call_in_reasoning``), every ``<tool_call>``
+block parsed into the turn's ``tool_call`` (``bad_tool_call``), and a final ``<answer>`` in the last
+assistant turn (``no_final_answer``; ``require_answer=False`` keeps answerless rows).
 
 Deliberate simplifications: tool-call arguments and ``meta`` are stored as JSON strings (a parquet
 column needs one type); rows are converted lazily, so a bad row surfaces as :class:`BadRecord`
-when it is read, and the SFT DataModule counts and skips it.
+when it is read, and the reader counts and skips it (:class:`metis.io.tables.SkippedRows`); the
+text inside ``<tool_call>`` and ``<answer>`` is not scanned for tags (code may print any tag).
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import binascii
 import io
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -29,16 +39,36 @@ from typing import Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from metis.core.images import IMAGE_PLACEHOLDER
+from metis.io.tables import RowError, open_table
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class BadRecord(ValueError):
+class BadRecord(RowError):
     """A row that cannot become a usable trajectory; ``kind`` names the reason (for the counts)."""
 
-    def __init__(self, kind: str, message: str = "") -> None:
-        super().__init__(f"{kind}: {message}" if message else kind)
-        self.kind = kind
+
+# every reason a row is skipped for, with its meaning (reports and docs use these words)
+SKIP_REASONS = {
+    "unreadable_row": "the row cannot be read (a torn or non-JSON line, not an object, an undecodable cell)",
+    "convert_error": "converting the row raised an unexpected error (the detail names it)",
+    "bad_messages": "no messages list, a message that is not an object, or an unknown role",
+    "bad_content": "a message content that is neither text nor a list of parts (e.g. a number)",
+    "bad_row": "the row lacks what a sample needs (a prompt, a ground truth, a user message)",
+    "missing_image": "an image file or entry is missing (relative paths resolve against image_root)",
+    "corrupt_image": "an image cannot be decoded",
+    "image_mismatch": "<image> placeholders and images disagree",
+    "bad_tool_call": "a tool call that is not valid JSON with a name, two calls in one turn, or a "
+                     "<tool_call> block left unparsed",
+    "bad_answer": "two <answer> blocks in one assistant turn",
+    "call_and_answer": "one assistant turn holds both a tool call and an <answer>",
+    "unbalanced_tags": "a tag opened and never closed (or closed and never opened), or tags nested",
+    "tool_call_in_reasoning": "a <tool_call> or <code> left inside the reasoning",
+    "no_final_answer": "the last turn is not an assistant <answer>",
+    "no_assistant_turn": "no assistant text to learn from",
+    "over_length": "longer than max_length tokens",
+    "duplicate_id": "an earlier row has the same id",
+}
 
 
 # ---- images -----------------------------------------------------------------------------------
@@ -68,7 +98,9 @@ def open_image(obj: Any, image_root: str | Path | None = None, full_decode: bool
         else:  # base64 (Thyme stores images so on the hub), else a missing file
             data = _b64(obj)
             if data is None:
-                raise BadRecord("missing_image", f"no image file {str(path)[:200]}")
+                hint = (f"relative paths resolve against image_root={image_root}" if image_root is not None
+                        else "set image_root to the folder relative image paths start from")
+                raise BadRecord("missing_image", f"no image file {str(path)[:200]} ({hint})")
     if data is None:
         raise BadRecord("missing_image", f"cannot read an image from {type(obj).__name__}")
     try:
@@ -111,6 +143,43 @@ def split_placeholders(text: str) -> list[dict[str, Any]]:
 def parts_text(parts: Sequence[dict[str, Any]]) -> str:
     """Inverse of :func:`split_placeholders`."""
     return "".join(IMAGE_PLACEHOLDER if p["type"] == "image" else p.get("text") or "" for p in parts)
+
+
+_TAG_RE = re.compile(r"<(/?)(reason|think|answer|tool_call|code|sandbox_output)>")
+_OPAQUE = ("tool_call", "answer")  # their text (code, answers) may hold any tag
+
+
+def check_tags(text: str) -> Counter:
+    """Count the top-level tag blocks of one assistant turn; raise :class:`BadRecord` when tags are
+    unbalanced or nested (``unbalanced_tags``) or a tool call sits inside reasoning
+    (``tool_call_in_reasoning``). Text inside ``<tool_call>`` and ``<answer>`` is not scanned."""
+    blocks: Counter = Counter()
+    stack: list[str] = []
+    pos = 0
+    while (m := _TAG_RE.search(text, pos)) is not None:
+        closing, tag = m.group(1) == "/", m.group(2)
+        pos = m.end()
+        if closing:
+            if not stack or stack[-1] != tag:
+                raise BadRecord("unbalanced_tags", f"</{tag}> without a matching <{tag}>")
+            stack.pop()
+            continue
+        if stack:
+            kind = "tool_call_in_reasoning" if stack[-1] in ("reason", "think") and tag in ("tool_call", "code") \
+                else "unbalanced_tags"
+            raise BadRecord(kind, f"<{tag}> inside <{stack[-1]}>")
+        blocks[tag] += 1
+        if tag in _OPAQUE:
+            end = text.find(f"</{tag}>", pos)
+            if end < 0:
+                raise BadRecord("unbalanced_tags", f"<{tag}> never closed")
+            pos = end + len(tag) + 3
+            continue
+        stack.append(tag)
+    if stack:
+        kind = "tool_call_in_reasoning" if stack[-1] == "code" else "unbalanced_tags"
+        raise BadRecord(kind, f"<{stack[-1]}> never closed")
+    return blocks
 
 
 # ---- the record -------------------------------------------------------------------------------
@@ -162,15 +231,26 @@ class TrajectoryRecord:
     def num_image_parts(self) -> int:
         return sum(p["type"] == "image" for m in self.messages for p in m["content"])
 
-    def validate(self) -> None:
-        """Raise :class:`BadRecord` unless the record is trainable."""
+    def validate(self, require_answer: bool = True) -> None:
+        """Raise :class:`BadRecord` unless the record is trainable (module docstring for the kinds)."""
         for m in self.messages:
             if m["role"] not in ROLES:
                 raise BadRecord("bad_row", f"unknown role {m['role']!r}")
-        if not any(parts_text(m["content"]).strip() for m in self.assistant_turns()):
+        turns = self.assistant_turns()
+        if not any(parts_text(m["content"]).strip() for m in turns):
             raise BadRecord("no_assistant_turn", f"record {self.id} has no assistant text")
         if self.num_image_parts() != len(self.images):
             raise BadRecord("image_mismatch", f"{self.num_image_parts()} image parts, {len(self.images)} images")
+        for k, m in enumerate(turns):
+            blocks = check_tags(parts_text(m["content"]))
+            if blocks.get("tool_call", 0) != (1 if m.get("tool_call") else 0):
+                raise BadRecord("bad_tool_call", f"assistant turn {k + 1}: {blocks.get('tool_call', 0)} <tool_call> "
+                                "block(s) but " + ("a" if m.get("tool_call") else "no") + " parsed tool call")
+        if require_answer:
+            last = next((m for m in reversed(self.messages) if m["role"] != "system"), None)
+            text = parts_text(last["content"]) if last is not None and last["role"] == "assistant" else ""
+            if last is None or last["role"] != "assistant" or last.get("tool_call") or "<answer>" not in text:
+                raise BadRecord("no_final_answer", f"record {self.id}: the last turn is not an assistant <answer>")
 
     # ---- rows -----------------------------------------------------------------------------------
     def to_row(self) -> dict[str, Any]:
@@ -192,8 +272,12 @@ class TrajectoryRecord:
     @classmethod
     def from_row(cls, row: dict[str, Any], image_root: str | Path | None = None,
                  full_decode: bool = True) -> "TrajectoryRecord":
+        if not isinstance(row.get("messages"), (list, tuple)) or not row["messages"]:
+            raise BadRecord("bad_messages", "row has no messages list")
         messages = []
         for m in row["messages"]:
+            if not isinstance(m, dict) or not isinstance(m.get("content"), (list, tuple)):
+                raise BadRecord("bad_messages", "a message is not {role, content: [parts]}")
             call = m.get("tool_call")
             messages.append({"role": m["role"],
                              "content": [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p.get("text") or ""}
@@ -211,7 +295,7 @@ class TrajectoryRecord:
     @classmethod
     def from_trajectory(cls, traj: Any, system_prompt: str | None = None) -> "TrajectoryRecord":
         """A rollout (:class:`metis.core.trajectory.Trajectory`) as a record."""
-        from metis.data.converters import record_from_trajectory  # lazy: converters imports schema
+        from metis.data.rollout_records import record_from_trajectory  # lazy: rollout_records imports schema
 
         return record_from_trajectory(traj, system_prompt=system_prompt)
 
@@ -255,10 +339,9 @@ def save_records(records: Iterable[TrajectoryRecord], path: str | Path) -> Path:
 
 # ---- reading ------------------------------------------------------------------------------------
 class RecordView(Sequence[TrajectoryRecord]):
-    """A lazy sequence of records over a ``datasets.Dataset`` (or a list of rows) and a row converter.
-
-    Indexing converts one row and may raise :class:`BadRecord`. Picklable (DataLoader workers).
-    """
+    """A lazy sequence of records over a :class:`metis.io.tables.Table` (or a list of rows) and a
+    row converter. Indexing converts one row and may raise (:class:`BadRecord` and its parent
+    :class:`metis.io.tables.RowError` name the reason). Picklable (DataLoader workers)."""
 
     def __init__(self, rows: Any, convert: Callable[[dict[str, Any]], TrajectoryRecord]) -> None:
         self.rows, self.convert = rows, convert
@@ -271,69 +354,29 @@ class RecordView(Sequence[TrajectoryRecord]):
             return [self[j] for j in range(*i.indices(len(self)))]
         if isinstance(i, int) and not -len(self) <= i < len(self):
             raise IndexError(i)  # the end of the sequence, so `for r in view` stops
-        try:
-            row = self.rows[i]
-        except (BadRecord, IndexError):
-            raise
-        except Exception as err:  # noqa: BLE001 - e.g. undecodable cells inside ``datasets``
-            raise BadRecord("bad_row", f"row {i}: {type(err).__name__}: {str(err)[:120]}") from None
-        return self.convert(row)
-
-
-def _undecoded(ds):
-    """Turn off ``datasets`` image decoding so broken bytes reach our own (counting) decoder."""
-    from datasets import Image as HFImage, List
-
-    for name, feat in ds.features.items():
-        if isinstance(feat, HFImage):
-            ds = ds.cast_column(name, HFImage(decode=False))
-        elif isinstance(feat, List) and isinstance(feat.feature, HFImage):
-            ds = ds.cast_column(name, List(HFImage(decode=False)))
-    return ds
+        return self.convert(self.rows[i])
 
 
 def load_records(path_or_hub_id: str | Path, split: str = "train", image_root: str | Path | None = None,
-                 layout: str = "auto", full_decode: bool = True) -> RecordView:
+                 layout: str = "auto", full_decode: bool = True, limit: int | None = None) -> RecordView:
     """Records from a local parquet file/dir, a JSON/JSONL file, or a hub dataset id.
 
     ``layout``: ``auto`` (by columns), ``metis`` (this schema), ``messages`` (Metis-ColdStart,
-    DeepEyesV2, any role/content or from/value layout) or ``thyme``.
+    DeepEyesV2, LLaMA-Factory sharegpt, any role/content or from/value layout) or ``thyme``.
+    Relative image paths resolve against ``image_root``, by default the data file's folder.
+    Provenance (``source``) is the dataset's name unless a row names its own ``data_source``.
+    Raises ``ValueError`` for a table that holds RL prompts, not trajectories.
     """
-    import datasets
-
     from metis.data.converters import row_converter
 
-    path = Path(str(path_or_hub_id)).expanduser()
-    if path.suffix in (".jsonl", ".json"):
-        return load_jsonl(path, image_root, layout=layout)
-    if path.is_file() and path.suffix == ".parquet":
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    elif path.is_dir() and (path / "dataset_info.json").exists():
-        ds = datasets.load_from_disk(str(path))
-    elif path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"{path} holds no parquet files")
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
-    else:
-        ds = datasets.load_dataset(str(path_or_hub_id), split=split)
-    ds = _undecoded(ds)
-    return RecordView(ds, row_converter(ds.column_names, layout, image_root, full_decode))
+    table = open_table(path_or_hub_id, split=split, limit=limit)
+    root = image_root if image_root is not None else table.folder
+    return RecordView(table, row_converter(table.columns, layout, root, full_decode, source=table.name))
 
 
 def load_jsonl(path: str | Path, image_root: str | Path | None = None, layout: str = "auto") -> RecordView:
-    """Records from JSON lines (or one JSON array), images as paths relative to ``image_root``
-    (default: the file's folder)."""
-    from metis.data.converters import row_converter
-
-    path = Path(path)
-    text = path.read_text()
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
-    root = image_root if image_root is not None else path.parent
-    columns = sorted({k for r in rows[:100] for k in r})
-    return RecordView(rows, row_converter(columns, layout, root, True))
+    """Records from JSON lines (or one JSON array); :func:`load_records` on a JSON/JSONL file."""
+    return load_records(path, image_root=image_root, layout=layout)
 
 
 def save_jsonl(records: Iterable[TrajectoryRecord], path: str | Path, image_dir: str | Path | None = None) -> Path:

@@ -12,9 +12,11 @@ each, then cut into fixed-size batches (``batch_size``) or token-budget batches 
 rows x longest row <= budget); batch order is shuffled, the longest batch goes first (an OOM shows
 at step 1).
 
-Bad rows (missing image, corrupt bytes, no assistant turn, image/placeholder mismatch, over
-``max_length``, unreadable rows) are skipped, counted in ``datamodule.skipped`` and reported as one
-warning; a source with no usable row raises ``ValueError``.
+Rows are read through :mod:`metis.io.tables`: every row that cannot be read, converted, validated
+(:meth:`TrajectoryRecord.validate`: unbalanced tags, a tool call left in reasoning, no final answer,
+...) or fitted in ``max_length`` is skipped, counted by reason in ``datamodule.skipped``, listed in
+``skipped_rows_file`` and reported in one warning; the run stops at start-up only when the skipped
+fraction exceeds ``max_skipped_fraction`` (or no row is usable).
 
 Deliberate simplifications: no sequence packing (Qwen3-VL's M-RoPE positions and sdpa attention
 would need per-sample position/attention handling; length grouping recovers most of the padding
@@ -36,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metis.data.schema import BadRecord, TrajectoryRecord, load_records
 from metis.data.sft_synthetic import metis_system_prompt
+from metis.io.tables import SkippedRows, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -264,14 +267,22 @@ class SFTDataModule(L.LightningDataModule):
         val_fraction: a seeded share of the usable rows held out for ``val/loss``.
         system_prompt: ``None`` keeps each record's system message; a string replaces it; ``"metis"``
             uses the Metis prompt with the python tool (what the agent loop shows at RL time).
+        image_root: folder relative image paths resolve against (default: the data file's folder).
+        max_skipped_fraction: the run stops at start-up when more rows than this are unusable.
+        skipped_rows_file: JSONL listing every skipped row and its reason (written by rank 0);
+            ``"auto"``: ``skipped_rows.jsonl`` in the Hydra run's output dir (none outside a Hydra run).
     """
 
     def __init__(self, source: Any, processor, max_length: int = 4096, batch_size: int | None = None,
                  batch_tokens: int | None = None, length_grouping: bool = True, mega_batch_rows: int = 256,
                  val_fraction: float = 0.05, seed: int = 0, num_workers: int = 0, split: str = "train",
                  image_root: str | None = None, layout: str = "auto", system_prompt: str | None = None,
-                 max_rows: int | None = None, val_batch_size: int | None = None) -> None:
+                 max_rows: int | None = None, val_batch_size: int | None = None,
+                 max_skipped_fraction: float = 0.1, skipped_rows_file: str | None = None) -> None:
         super().__init__()
+        if batch_size is not None and batch_tokens is not None:
+            raise ValueError(f"data.batch_size={batch_size} and data.batch_tokens={batch_tokens} are both set; "
+                             "set the one you want and the other to null")
         if batch_size is None and batch_tokens is None:
             batch_size = 8
         if not 0.0 <= val_fraction < 1.0:
@@ -282,6 +293,7 @@ class SFTDataModule(L.LightningDataModule):
         self.num_workers, self.split, self.image_root, self.layout = num_workers, split, image_root, layout
         self.system_prompt = _system_prompt(system_prompt)
         self.max_rows, self.val_batch_size = max_rows, val_batch_size
+        self.max_skipped_fraction, self.skipped_rows_file = max_skipped_fraction, skipped_rows_file
         self.scan_skipped: Counter[str] = Counter()
         self.train_set: SFTDataset | None = None
         self.val_set: SFTDataset | None = None
@@ -298,27 +310,23 @@ class SFTDataModule(L.LightningDataModule):
 
     def scan(self, records: Sequence[TrajectoryRecord]) -> tuple[list[int], list[int]]:
         """Usable row indices and their token lengths; every other row is counted by reason."""
-        keep, lengths = [], []
         n = len(records) if self.max_rows is None else min(len(records), self.max_rows)
-        for i in range(n):
-            try:
-                rec = records[i]
-                rec.validate()
-                length = record_length(rec, self.processor, self.system_prompt)
-                if length > self.max_length:
-                    raise BadRecord("over_length", f"{length} tokens > max_length={self.max_length}")
-            except BadRecord as err:
-                self.scan_skipped[err.kind] += 1
-                log.debug("skipping SFT row %d: %s", i, err)
-                continue
-            keep.append(i)
-            lengths.append(length)
-        if not keep:
-            raise ValueError(f"no usable SFT row among {n} (skipped by reason: {dict(self.scan_skipped)})")
-        if self.scan_skipped:
-            log.warning("SFT data: skipped %d of %d rows %s", sum(self.scan_skipped.values()), n,
-                        dict(self.scan_skipped))
-        return keep, lengths
+        skips = SkippedRows("SFT data", self.max_skipped_fraction, bound_key="data.max_skipped_fraction",
+                            file=_skipped_rows_file(self.skipped_rows_file) if self._ranks()[1] == 0 else None)
+
+        def length(rec: TrajectoryRecord) -> int:
+            rec.validate()
+            tokens = record_length(rec, self.processor, self.system_prompt)
+            if tokens > self.max_length:
+                raise BadRecord("over_length", f"{tokens} tokens > data.max_length={self.max_length}")
+            return tokens
+
+        usable = list(read_rows(records, length, skips, range(n)))
+        self.scan_skipped = Counter(skips.counts)
+        skips.finish(n)  # raises past data.max_skipped_fraction
+        if not usable:
+            raise ValueError(f"no usable SFT row among {n} (skipped by reason: {dict(skips.counts)})")
+        return [i for i, _ in usable], [t for _, t in usable]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -368,6 +376,14 @@ class _Collate:
 
     def __call__(self, batch):
         return collate_sft(batch, self.pad_id)
+
+
+def _skipped_rows_file(value: str | None) -> str | None:
+    if value != "auto":
+        return value
+    from hydra.core.hydra_config import HydraConfig
+
+    return f"{HydraConfig.get().runtime.output_dir}/skipped_rows.jsonl" if HydraConfig.initialized() else None
 
 
 def _system_prompt(value: str | None) -> str | None:

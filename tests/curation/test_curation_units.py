@@ -57,7 +57,7 @@ def test_sample_source_reports_bad_rows_and_duplicates(tmp_path, raw_small):
     assert src.ids[:3] == ["sft-good-0000", "sft-good-0001", "sft-good-0000#row-2"]
     kinds = {src.ids[i]: src.load(i).error for i in range(len(src))}
     assert kinds == {"sft-good-0000": None, "sft-good-0001": None, "sft-good-0000#row-2": "duplicate_id",
-                     "row-3": "unparseable_row"}
+                     "row-3": "unreadable_row"}
     assert src.load(0).record.images[0].size == (224, 224)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SampleSource(tmp_path / "nope.parquet")

@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from metis.data.converters import (
-    canonical_assistant, from_deepeyes_v2, from_thyme, task_from_record, to_messages_row,
-)
+from metis.data.converters import canonical_assistant, from_deepeyes_v2, from_thyme, to_messages_row
+from metis.data.rollout_records import task_from_record
 from metis.data.schema import BadRecord, TrajectoryRecord, load_jsonl, load_records, save_jsonl, save_records
 
 
@@ -151,13 +150,13 @@ def test_thyme_conversion(tmp_path):
     row = {"image": b64, "question": "<image>\nWhat number is shown?", "response": THYME_RESPONSE, "answer": "17"}
     path = _jsonl(tmp_path / "thyme.jsonl", [row])
     rec = load_jsonl(path)[0]
-    assert rec.source == "Thyme" and rec.ground_truth == ["17"] and rec.final_answer == "17"
+    assert rec.source == "thyme.jsonl" and rec.ground_truth == ["17"] and rec.final_answer == "17"
     assert [m["role"] for m in rec.messages] == ["user", "assistant", "tool", "assistant"]
     assert rec.tool_calls[0] == {"name": "python", "arguments": {"code": CODE}}
     assert rec.observations == ["Code execution result:\n\nImages:\n<image>"]
     assert rec.messages[3]["content"][0]["text"] == "<reason>Now it is readable: it says 17.</reason><answer>17</answer>"
     assert same_image(rec.images[1], img("black", (32, 32)))
-    assert_same_records(from_thyme(row), rec)
+    assert_same_records(from_thyme(row, source="thyme.jsonl"), rec)
     save_records([rec], tmp_path / "thyme.parquet")
     assert_same_records(rec, load_records(tmp_path / "thyme.parquet")[0])
 

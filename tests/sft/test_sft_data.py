@@ -121,7 +121,8 @@ def test_bad_rows_are_skipped_and_counted(tiny_policy, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r, default=lambda b: __import__("base64").b64encode(b).decode())
                               for r in rows))
-    dm = SFTDataModule(str(path), processor, max_length=1024, batch_size=2, val_fraction=0.0)
+    dm = SFTDataModule(str(path), processor, max_length=1024, batch_size=2, val_fraction=0.0,
+                       max_skipped_fraction=1.0)
     dm.setup()
     assert len(dm.train_set) == 2
     assert dm.skipped == {"missing_image": 1, "corrupt_image": 1, "no_assistant_turn": 1, "over_length": 1,
@@ -132,7 +133,9 @@ def test_bad_rows_are_skipped_and_counted(tiny_policy, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(json.dumps(r, default=lambda b: "") for r in rows[2:5]))
     with pytest.raises(ValueError, match="no usable SFT row.*missing_image"):
-        SFTDataModule(str(bad), processor, batch_size=2).setup()
+        SFTDataModule(str(bad), processor, batch_size=2, max_skipped_fraction=1.0).setup()
+    with pytest.raises(ValueError, match="6 of 8 rows are unusable.*data.max_skipped_fraction=0.1"):
+        SFTDataModule(str(path), processor, max_length=1024, batch_size=2).setup()
 
 
 def test_parquet_source_with_a_corrupt_image(tiny_policy, tmp_path):
