@@ -25,15 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from metis.eval.benchmarks import load_benchmark
 from metis.eval.fingerprint import fingerprint_mismatch, fingerprint_parts, provenance, run_fingerprint
 from metis.eval.formats import EvalError
+from metis.eval.judging import build_judge
 from metis.eval.metrics import aggregate
 from metis.eval.predictions import read_prediction_file
 from metis.eval.report import comparison_table, log_to_logger, run_flags, to_markdown, write_reports
 from metis.eval.runner import EvalLoop, EvalRunner, read_predictions
 from metis.eval.scoring import score_records
-from metis.rl.judge import JudgeUnavailable
 
 log = logging.getLogger("metis.evaluate")
-JUDGE_RUN_KEYS = {"required": True, "probe": True, "probe_timeout_s": 10.0, "max_failures": 3}
 
 
 def _choice(group: str, default: str) -> str:
@@ -47,27 +46,6 @@ def _choice(group: str, default: str) -> str:
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def build_judge(cfg_judge: Any, cache_path: Path) -> tuple[Any, dict[str, Any]]:
-    """(:class:`metis.rl.judge.LLMJudge` or None, run settings) from ``judge``. Besides the LLMJudge
-    arguments, ``judge`` takes ``required`` (unscored rows fail the run; default true), ``probe``
-    and ``probe_timeout_s`` (a start-up request that fails fast) and ``max_failures`` (failures in a
-    row after which the judge is taken as down). An endpoint failing the probe is an EvalError."""
-    if not cfg_judge:
-        return None, {**JUDGE_RUN_KEYS, "required": False}
-    kwargs = dict(_plain(cfg_judge))
-    settings = {k: kwargs.pop(k, v) for k, v in JUDGE_RUN_KEYS.items()}
-    kwargs.setdefault("_target_", "metis.rl.judge.LLMJudge")
-    kwargs.setdefault("cache_path", str(cache_path))
-    judge = hydra.utils.instantiate(kwargs)
-    if settings["probe"]:
-        try:
-            judge.probe(float(settings["probe_timeout_s"]))
-        except JudgeUnavailable as err:
-            judge.close()
-            raise EvalError(f"judge: {err} (judge.probe=false skips this check)") from None
-    return judge, settings
 
 
 def _output_dir(out: Path, parts: dict[str, Any], fingerprint: str, resume: bool, on_mismatch: str) -> Path:
@@ -84,11 +62,12 @@ def _output_dir(out: Path, parts: dict[str, Any], fingerprint: str, resume: bool
     reason = fingerprint_mismatch((old or {}).get("parts"), parts)
     if on_mismatch == "new_folder":
         new = out.with_name(f"{out.name}-{fingerprint[:8]}")
-        log.warning("%s was made with another %s; this run goes to %s", preds, reason, new)
+        log.warning("%s: predictions made under another fingerprint (changed: %s); this run goes to %s",
+                    preds, reason, new)
         return new
-    raise EvalError(f"{preds} was made with another {reason} (fingerprint {(old or {}).get('fingerprint')} != "
-                    f"{fingerprint}); not reused. Set resume=false to start over (the old file is kept as .bak), "
-                    "on_mismatch=new_folder, or another output_dir")
+    raise EvalError(f"{preds}: predictions made under another fingerprint (changed: {reason}; "
+                    f"{(old or {}).get('fingerprint')} != {fingerprint}), not reused. Set resume=false to start over "
+                    "(the old file is kept as .bak), on_mismatch=new_folder, or another output_dir")
 
 
 def _generate(cfg: DictConfig, bench_cfg: dict[str, Any], model, processor, toolbox, engine):
@@ -178,7 +157,7 @@ def evaluate(cfg: DictConfig, model=None, processor=None, toolbox=None, engine=N
     if mode not in ("generate", "score"):
         raise EvalError(f"mode={mode!r}: expected generate or score")
     bench_cfg = _plain(cfg.benchmark)
-    judge, jset = build_judge(cfg.get("judge"), Path(cfg.paths.cache_dir) / "judge_cache.jsonl")  # fails fast
+    judge, jset = build_judge(_plain(cfg.get("judge")), Path(cfg.paths.cache_dir))  # fails fast
     try:
         if mode == "score":
             out, bench, records, run, extra, parts = _score_only(cfg, bench_cfg)
@@ -197,15 +176,16 @@ def evaluate(cfg: DictConfig, model=None, processor=None, toolbox=None, engine=N
         "tools": cfg.get("tools_name") or _choice("tools", "tools"), "origin": bench.origin,
         "primary_metric": bench_cfg.get("primary_metric", "accuracy"), "limit": cfg.get("limit"),
         "skipped_rows": len(bench.skipped), "metrics": metrics, "run": run, **extra,
-        "provenance": provenance(bench_cfg.get("path"), parts, extra.get("fingerprint")),
+        "provenance": provenance(bench.origin if Path(bench.origin).exists() else bench_cfg.get("path"), parts,
+                                 extra.get("fingerprint")),
         "judge": None if judge is None else {"model": judge.model, "base_url": judge.url, "required": jset["required"],
                                              "prompt_version": judge.prompt_version, "prompt": judge.prompt},
     }
     results["flags"] = run_flags(results)
     problems = []
-    if not metrics["scored"]:
+    if not metrics["scored"] or metrics["runtime_errors"] >= metrics["n"]:
         problems.append(f"{bench.name}: nothing could be scored ({metrics['n']:.0f} rows, "
-                        f"{metrics['unscored']:.0f} unscored)")
+                        f"{metrics['unscored']:.0f} unscored, {metrics['runtime_errors']:.0f} failed to generate)")
     elif metrics["unscored"] and jset["required"]:
         problems.append(f"{bench.name}: {metrics['unscored']:.0f} of {metrics['n']:.0f} rows unscored (the judge "
                         "could not be reached); they are left out of the accuracy. Rerun when the judge is up "

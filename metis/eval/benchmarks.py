@@ -182,15 +182,30 @@ def format_question(question: str, options: dict[str, str], hint: Any = None, in
     return "\n".join(parts)
 
 
+KEEP_LONG = ("target_instances", "grading_query")  # kept in meta whatever their length (scoring reads them)
+
+
 def row_meta(row: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for k, v in row.items():
         if k in _BULKY or str(k).startswith("__"):
             continue
+        if k in KEEP_LONG:
+            if isinstance(v, (list, dict)) or not is_missing(v):
+                meta[str(k)] = v
+            continue
+        if isinstance(v, str) and v.strip().startswith("{") and v.strip().endswith("}"):
+            try:  # VLMEvalKit stores dict columns (MathVerse "metadata") as their Python repr
+                parsed = ast.literal_eval(v.strip())
+                v = parsed if isinstance(parsed, dict) else v
+            except (ValueError, SyntaxError):
+                pass
         if isinstance(v, dict):  # e.g. MathVista metadata {task, category, skills, ...}
             for k2, v2 in v.items():
                 if isinstance(v2, (str, int, float, bool)) and not (isinstance(v2, str) and len(v2) > 300):
                     meta.setdefault(str(k2), v2)
+                elif isinstance(v2, list) and all(isinstance(x, str) for x in v2) and len(v2) <= 20:
+                    meta.setdefault(str(k2), list(v2))  # e.g. MathVista skills
         elif isinstance(v, (str, int, float, bool)) and not (isinstance(v, str) and len(v) > 300):
             meta[str(k)] = v
         elif isinstance(v, list) and all(isinstance(x, str) for x in v) and len(v) <= 20:

@@ -184,3 +184,60 @@ def wemath_metrics(scored: Sequence[dict[str, Any]]) -> dict[str, float]:
         out[f"wemath/score_{mode}"] = (n - 0.5 * counts["IG"] - rm - counts["IK"]) / n
     return out
 
+
+
+_BOX = re.compile(r"<box>\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,"
+                  r"\s*(-?\d+(?:\.\d+)?)\s*\]\s*</box>")
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def response_boxes(text: str) -> list[list[float]]:
+    """The valid ``<box>[x1,y1,x2,y2]</box>`` boxes of a response (x1 < x2, y1 < y2)."""
+    boxes = [[float(v) for v in m] for m in _BOX.findall(str(text or ""))]
+    return [b for b in boxes if b[0] < b[2] and b[1] < b[3]]
+
+
+def sample_iou(text: str, targets: Sequence[Sequence[float]]) -> float:
+    """TreeBench's per-sample box score: for each target box the best IoU over the predicted boxes,
+    averaged over the targets; 0 without a predicted box, 1 when there is no target but a box."""
+    boxes = response_boxes(text)
+    if not boxes:
+        return 0.0
+    if not targets:
+        return 1.0
+    return _mean(max(box_iou(t, b) for b in boxes) for t in targets)
+
+
+@EXTRA_METRICS.register("treebench")
+def treebench_metrics(scored: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """TreeBench: mean box IoU of the boxes the response traces (``target_instances`` from the data)
+    and accuracy per top-level dimension (``category`` "Perception/Attributes" -> Perception)."""
+    out: dict[str, float] = {}
+    ious = []
+    dims: dict[str, list[float]] = defaultdict(list)
+    for r in scored:
+        meta = r.get("meta") or {}
+        targets = meta.get("target_instances")
+        if isinstance(targets, str):
+            try:
+                targets = ast.literal_eval(targets)
+            except (ValueError, SyntaxError):
+                targets = None
+        if isinstance(targets, (list, tuple)):
+            ious.append(sample_iou(r.get("response") or r.get("final_answer") or "", targets))
+        category = str(meta.get("category", ""))
+        if "/" in category:
+            dims[category.split("/")[0]].append(r["score"])
+    if ious:
+        out["treebench/mIoU"] = _mean(ious)
+    for dim, scores in sorted(dims.items()):
+        out[f"treebench/accuracy/{dim}"] = _mean(scores)
+    return out

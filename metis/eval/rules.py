@@ -1,6 +1,6 @@
 """Benchmark answer rules where the official scoring differs from the generic one.
 
-``ANSWER_RULES[name](prediction, ground_truth, verifier, options, question, judge, meta=...)``
+``ANSWER_RULES[name](prediction, ground_truth, verifier, options, question, judge, grading, meta=...)``
 returns a :class:`metis.eval.scoring.Verdict`; a benchmark picks one with
 ``benchmark.answer_rule``. Each falls back to :func:`metis.eval.scoring.score_prediction` where
 its own rule does not apply, so the judge and ``unscored`` policy are the same everywhere.
@@ -61,10 +61,11 @@ def _float_with_pi(text: str) -> float | None:
 
 @ANSWER_RULES.register("dynamath")
 def dynamath_rule(prediction: Any, ground_truth: Any, verifier: str, options: dict[str, str] | None = None,
-                  question: str = "", judge=None, meta: dict[str, Any] | None = None) -> Verdict:
+                  question: str = "", judge=None, grading: str | None = None,
+                  meta: dict[str, Any] | None = None) -> Verdict:
     atype = str((meta or {}).get("answer_type", "")).lower()
     if prediction is None or not str(prediction).strip():
-        return score_prediction(prediction, ground_truth, verifier, options, question, judge)
+        return score_prediction(prediction, ground_truth, verifier, options, question, judge, grading)
     short = short_answer(str(prediction))
     answer = short if short is not None else str(prediction).strip()
     if "float" in atype:
@@ -78,7 +79,7 @@ def dynamath_rule(prediction: Any, ground_truth: Any, verifier: str, options: di
     elif short is not None and short and "choice" not in atype:
         if normalize_text(short) and normalize_text(short) in normalize_text(str(ground_truth)):
             return _verdict(True, short)
-    return score_prediction(answer, ground_truth, verifier, options, question, judge)
+    return score_prediction(answer, ground_truth, verifier, options, question, judge, grading)
 
 
 def _normalise_mathvista(value: str, atype: str, precision: Any) -> str | None:
@@ -100,7 +101,8 @@ def _normalise_mathvista(value: str, atype: str, precision: Any) -> str | None:
 
 @ANSWER_RULES.register("mathvista")
 def mathvista_rule(prediction: Any, ground_truth: Any, verifier: str, options: dict[str, str] | None = None,
-                   question: str = "", judge=None, meta: dict[str, Any] | None = None) -> Verdict:
+                   question: str = "", judge=None, grading: str | None = None,
+                  meta: dict[str, Any] | None = None) -> Verdict:
     meta = meta or {}
     atype = str(meta.get("answer_type", "")).lower()
     if verifier != "multiple_choice" and prediction is not None and str(prediction).strip() and atype in (
@@ -111,4 +113,4 @@ def mathvista_rule(prediction: Any, ground_truth: Any, verifier: str, options: d
             if atype == "float":
                 return _verdict(float(got) == float(want), got)
             return _verdict(got == want, got)
-    return score_prediction(prediction, ground_truth, verifier, options, question, judge)
+    return score_prediction(prediction, ground_truth, verifier, options, question, judge, grading)

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from metis.eval.judging import GuardedJudge
 from metis.rl.judge import JudgeUnavailable
 from metis.rl.verifiers import VERIFIERS, extract_choices, normalize_text, parse_number
 
@@ -46,10 +47,26 @@ class Verdict:
 
 
 # ----------------------------------------------------------------------------- options
+_ANSWER_PHRASE = re.compile(r"^\s*(?:the\s+)?(?:correct\s+|final\s+)?(?:answers?|options?|choices?)\s*(?:is|are|:)?\s*",
+                            re.IGNORECASE)
+
+
+def letter_list(text: str) -> set[str]:
+    """The letters of a bare letter list, after an optional "the answer is" ("A, C", "(A) and (C)",
+    "The answers are A and C."); empty when the text is anything else."""
+    t = _ANSWER_PHRASE.sub("", str(text).strip()).strip().rstrip(".").strip()
+    if not _BARE_LETTERS.match(t):
+        return set()
+    return set(re.findall(r"[A-J]", re.sub(r"\band\b", " ", t)))
+
+
 def truth_letters(ground_truth: str, options: dict[str, str] | None) -> set[str]:
     gt = str(ground_truth).strip()
-    if _BARE_LETTERS.match(gt) or re.fullmatch(r"[A-J]{2,4}", gt):
-        return {c for c in gt.upper() if c in "ABCDEFGHIJ"}
+    if re.fullmatch(r"[A-J]{2,4}", gt):
+        return set(gt)
+    letters = letter_list(gt)
+    if letters:
+        return letters
     for letter, text in (options or {}).items():
         if normalize_text(text) == normalize_text(gt):
             return {letter}
@@ -59,14 +76,15 @@ def truth_letters(ground_truth: str, options: dict[str, str] | None) -> set[str]
 def extract_option_letters(prediction: str, options: dict[str, str] | None = None) -> set[str]:
     """Option letters a prediction names; empty when it names none (never a guess).
 
-    1. :func:`metis.rl.verifiers.extract_choices` ("B", "(b)", "B. red", "the answer is B", "A, C");
+    1. a bare letter list, after an optional "the answer is" ("A, C", "The answer is A and C"), then
+       :func:`metis.rl.verifiers.extract_choices` ("B", "(b)", "B. red", "the answer is B");
     2. upper-case option letters standing alone in prose ("I pick C here"; "A or B" gives both);
        "A"/"I" in a sentence of more than three words are read as words, not letters;
     3. the prediction is (or contains exactly one) option text.
     Letters outside the known options are ignored.
     """
     valid = set(options) if options else set("ABCDEFGHIJ")
-    found = {x for x in extract_choices(prediction) if x in valid}
+    found = {x for x in letter_list(prediction) if x in valid} or {x for x in extract_choices(prediction) if x in valid}
     if found:
         return found
     words = prediction.split()
@@ -89,41 +107,19 @@ def extract_option_letters(prediction: str, options: dict[str, str] | None = Non
 
 
 # ----------------------------------------------------------------------------- one sample
-class GuardedJudge:
-    """A judge that is taken as down after ``max_failures`` consecutive ``JudgeUnavailable``:
-    later calls raise at once (no request), so a dead endpoint costs a few timeouts, not one per row."""
-
-    def __init__(self, judge, max_failures: int = 3) -> None:
-        self.judge_impl, self.max_failures = judge, max(1, int(max_failures))
-        self.consecutive = 0
-        self.failures = 0
-        self.last_error = ""
-
-    @property
-    def down(self) -> bool:
-        return self.consecutive >= self.max_failures
-
-    def judge(self, question: str, truth, prediction: str) -> float:
-        if self.down:
-            raise JudgeUnavailable(f"judge down after {self.consecutive} failures in a row ({self.last_error})")
-        try:
-            score = float(self.judge_impl.judge(question, truth, prediction))
-        except JudgeUnavailable as err:
-            self.consecutive += 1
-            self.failures += 1
-            self.last_error = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-            if self.down:
-                log.error("judge failed %d times in a row; the remaining rows that need it stay unscored: %s",
-                          self.consecutive, self.last_error)
-            raise
-        self.consecutive = 0
-        return score
+def _fill(grading: str | None, prediction: str) -> str | None:
+    return None if grading is None else grading.replace("{PREDICTION}", prediction)
 
 
-def _judge(judge, question: str, truth, prediction: str, rule: Verdict) -> Verdict:
+def _judge(judge, question: str, truth, prediction: str, rule: Verdict, grading: str | None = None) -> Verdict:
+    """The judge's verdict on a row the rules could not decide; ``grading`` is a benchmark's own
+    complete grading prompt, used instead of the generic one when the judge can take it."""
     down = bool(getattr(judge, "down", False))
     try:
-        score = float(judge.judge(question, truth, prediction))
+        if grading is not None and getattr(judge, "can_grade", False):
+            score = float(judge.grade(grading))
+        else:
+            score = float(judge.judge(question, truth, prediction))
     except JudgeUnavailable as err:
         log.debug("judge unavailable, row unscored: %s", err)
         return Verdict(None, UNSCORED, "judge", rule.extracted, "judge_down" if down else "judge_unavailable")
@@ -131,8 +127,11 @@ def _judge(judge, question: str, truth, prediction: str, rule: Verdict) -> Verdi
 
 
 def score_prediction(prediction: str | None, ground_truth: str | list[str], verifier: str,
-                     options: dict[str, str] | None = None, question: str = "", judge=None) -> Verdict:
-    """One prediction against its ground truth(s); see the module docstring for the policy."""
+                     options: dict[str, str] | None = None, question: str = "", judge=None,
+                     grading: str | None = None) -> Verdict:
+    """One prediction against its ground truth(s); see the module docstring for the policy.
+    ``grading`` is the benchmark's own grading prompt for this row (CharXiv's ``grading_query``
+    with ``{PREDICTION}``), sent to the judge instead of the generic prompt."""
     if prediction is None or not str(prediction).strip():
         return Verdict(0.0, "unanswered", "none", None, "no_answer")
     prediction = str(prediction)
@@ -145,7 +144,7 @@ def score_prediction(prediction: str | None, ground_truth: str | list[str], veri
                 ok = any(letters == w for w in want if w)
                 return Verdict(float(ok), "correct" if ok else "wrong", "rule", ",".join(sorted(letters)))
             rule = Verdict(0.0, "unanswered", "none", None, "no_option")
-            return _judge(judge, question, ground_truth, prediction, rule) if judge is not None else rule
+            return _judge(judge, question, ground_truth, prediction, rule, _fill(grading, prediction)) if judge is not None else rule
         verifier = "exact"  # a ground truth that names no option: compare as text
     fn = VERIFIERS.get(verifier)
     score = float(fn(prediction, ground_truth))
@@ -156,7 +155,7 @@ def score_prediction(prediction: str | None, ground_truth: str | list[str], veri
     rule = Verdict(0.0, "wrong", "rule", prediction.strip(), "" if decided else "undecided")
     if decided or judge is None:
         return rule
-    return _judge(judge, question, ground_truth, prediction, rule)
+    return _judge(judge, question, ground_truth, prediction, rule, _fill(grading, prediction))
 
 
 def score_records(records: Sequence[dict[str, Any]], judge=None, truth: Mapping[str, Any] | None = None,
@@ -183,8 +182,9 @@ def score_records(records: Sequence[dict[str, Any]], judge=None, truth: Mapping[
             verdict = Verdict(0.0, "unanswered", "none", None, "runtime_error")
         else:
             options = (rec.get("meta") or {}).get("options")
+            meta = rec.get("meta") or {}
             args = (rec.get("final_answer"), rec["answer"], rec.get("verifier", "exact"), options,
-                    rec.get("question", ""), guard)
-            verdict = rule_fn(*args, meta=rec.get("meta") or {}) if rule_fn else score_prediction(*args)
+                    rec.get("question", ""), guard, meta.get("grading_query"))
+            verdict = rule_fn(*args, meta=meta) if rule_fn else score_prediction(*args)
         out.append({**rec, **{f"verdict_{k}" if k != "score" else "score": v for k, v in asdict(verdict).items()}})
     return out

@@ -20,7 +20,8 @@ from metis.eval.benchmarks import load_benchmark
 from metis.eval.formats import EvalError
 from metis.eval.metrics import aggregate
 from metis.eval.runner import read_predictions
-from metis.eval.scoring import GuardedJudge, score_records
+from metis.eval.judging import GuardedJudge
+from metis.eval.scoring import score_records
 from metis.evaluate import evaluate
 from metis.rl.judge import JudgeUnavailable
 
