@@ -51,13 +51,19 @@ def _plain(node: Any) -> Any:
 def _output_dir(out: Path, parts: dict[str, Any], fingerprint: str, resume: bool, on_mismatch: str) -> Path:
     """The folder this run writes to: ``out`` unless its predictions were made under another
     fingerprint, then ``<out>-<fingerprint[:8]>`` (``on_mismatch=new_folder``) or an EvalError."""
+    if on_mismatch not in ("error", "new_folder"):
+        raise EvalError(f"on_mismatch={on_mismatch!r}: expected error or new_folder")
     preds = out / "predictions.jsonl"
-    if not resume or not preds.exists() or not read_predictions(preds):
+    known = read_predictions(preds) if resume else {}
+    if not known:
         return out
     fp_file = out / "fingerprint.json"
-    old = json.loads(fp_file.read_text()) if fp_file.exists() else None
-    stamps = {r.get("fingerprint") for r in read_predictions(preds).values()}
-    if (old or {}).get("fingerprint") == fingerprint and stamps <= {fingerprint}:
+    try:
+        old = json.loads(fp_file.read_text()) if fp_file.exists() else None
+    except ValueError:
+        old = None  # unreadable: treated as unknown, the records' own stamps decide
+    stamps = {r.get("fingerprint") for r in known.values()}
+    if stamps == {fingerprint}:  # every record carries this run's fingerprint (fingerprint.json only explains)
         return out
     reason = fingerprint_mismatch((old or {}).get("parts"), parts)
     if on_mismatch == "new_folder":
