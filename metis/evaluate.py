@@ -172,7 +172,7 @@ def evaluate(cfg: DictConfig, model=None, processor=None, toolbox=None, engine=N
         if bench.skipped:
             (out / "skipped_rows.json").write_text(json.dumps(bench.skipped, indent=1))
         scored = score_records(records, judge, {t.id: t for t in bench.tasks}, bench_cfg.get("answer_rule"),
-                               int(jset["max_failures"]))
+                               int(jset["max_failures"]), float(jset["probe_timeout_s"]))
     finally:
         if judge is not None:
             judge.close()

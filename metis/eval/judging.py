@@ -70,10 +70,13 @@ class GradingJudge:
 
 class GuardedJudge:
     """A judge that is taken as down after ``max_failures`` consecutive ``JudgeUnavailable``:
-    later calls raise at once (no request), so a dead endpoint costs a few timeouts, not one per row."""
+    later calls raise at once (no request), so a dead endpoint costs a few timeouts, not one per row.
+    After a failure, the next call first probes the endpoint (``probe_timeout_s``, no retries): a
+    judge that is still down costs seconds, not another full round of retries."""
 
-    def __init__(self, judge, max_failures: int = 3) -> None:
+    def __init__(self, judge, max_failures: int = 3, probe_timeout_s: float = 10.0) -> None:
         self.judge_impl, self.max_failures = judge, max(1, int(max_failures))
+        self.probe_timeout_s = float(probe_timeout_s)
         self.consecutive = 0
         self.failures = 0
         self.last_error = ""
@@ -86,6 +89,8 @@ class GuardedJudge:
         if self.down:
             raise JudgeUnavailable(f"judge down after {self.consecutive} failures in a row ({self.last_error})")
         try:
+            if self.consecutive and hasattr(self.judge_impl, "probe"):
+                self.judge_impl.probe(self.probe_timeout_s)
             score = float(fn(*args))
         except JudgeUnavailable as err:
             self.consecutive += 1

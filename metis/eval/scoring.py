@@ -159,7 +159,8 @@ def score_prediction(prediction: str | None, ground_truth: str | list[str], veri
 
 
 def score_records(records: Sequence[dict[str, Any]], judge=None, truth: Mapping[str, Any] | None = None,
-                  answer_rule: str | None = None, max_judge_failures: int = 3) -> list[dict[str, Any]]:
+                  answer_rule: str | None = None, max_judge_failures: int = 3,
+                  probe_timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """Each prediction record (see :mod:`metis.eval.runner`) with its verdict merged in.
 
     ``truth`` (id -> :class:`metis.data.task.Task`) replaces the ground truth, verifier, options
@@ -168,7 +169,9 @@ def score_records(records: Sequence[dict[str, Any]], judge=None, truth: Mapping[
     entry."""
     from metis.eval.rules import ANSWER_RULES
 
-    guard = None if judge is None else judge if isinstance(judge, GuardedJudge) else GuardedJudge(judge, max_judge_failures)
+    guard = None if judge is None or isinstance(judge, GuardedJudge) else GuardedJudge(judge, max_judge_failures,
+                                                                                     probe_timeout_s)
+    guard = guard or judge
     rule_fn = ANSWER_RULES.get(answer_rule) if answer_rule else None
     out = []
     for rec in records:

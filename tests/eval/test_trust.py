@@ -41,13 +41,18 @@ def free_port() -> int:
 
 class CountingJudge:
     def __init__(self, fail=True):
-        self.fail, self.calls = fail, 0
+        self.fail, self.calls, self.probes = fail, 0, 0
 
     def judge(self, question, truth, prediction):
         self.calls += 1
         if self.fail:
             raise JudgeUnavailable("http://127.0.0.1:1/v1 down")
         return 1.0
+
+    def probe(self, timeout_s):
+        self.probes += 1
+        if self.fail:
+            raise JudgeUnavailable("http://127.0.0.1:1/v1 down (probe)")
 
 
 def _text_rec(i, pred, truth="Joint-CNN"):
@@ -60,14 +65,19 @@ def test_unscored_rows_leave_the_accuracy_and_a_dead_judge_is_not_asked_forever(
         _text_rec(i, f"paraphrase {i}") for i in range(3, 10)]
     judge = CountingJudge()
     scored = score_records(recs, judge, max_judge_failures=3)
-    assert judge.calls == 3  # then taken as down: no request per remaining row
+    # one full (retried) request, then two quick probes: taken as down, no request per remaining row
+    assert (judge.calls, judge.probes) == (1, 2)
     assert [r["verdict_status"] for r in scored[:2]] == ["correct", "correct"]
     assert {r["verdict_status"] for r in scored[2:]} == {"unscored"} and scored[-1]["verdict_note"] == "judge_down"
     m = aggregate(scored)
     assert (m["n"], m["scored"], m["unscored"], m["accuracy"]) == (10, 2, 8, 1.0)
     # a judge that recovers resets the count
-    guard = GuardedJudge(CountingJudge(fail=False), max_failures=1)
-    assert guard.judge("q", "a", "b") == 1.0 and not guard.down
+    flaky = CountingJudge()
+    guard = GuardedJudge(flaky, max_failures=3)
+    with pytest.raises(JudgeUnavailable):
+        guard.judge("q", "a", "b")
+    flaky.fail = False
+    assert guard.judge("q", "a", "b") == 1.0 and guard.consecutive == 0 and flaky.probes == 1
 
 
 def _judge_cfg(port: int, probe: bool) -> str:
