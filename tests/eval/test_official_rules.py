@@ -213,3 +213,25 @@ def test_wemath_strict_and_loose_scores_on_the_hf_layout(files):
     assert (m["wemath/IG"], m["wemath/score_strict"]) == (1.0, 0.5)
     _, m, _ = score("wemath", files["wemath"], {"7_2steps_1": "B", "7_2steps_2": "B", "7_2steps_multi": "A"})
     assert (m["wemath/IK"], m["wemath/score_loose"]) == (1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- the option-letter benchmarks
+@pytest.mark.parametrize("name", ["vstar", "hrbench_4k", "treebench", "mme_realworld", "seed_bench_2_plus"])
+def test_option_letter_benchmarks_right_and_wrong(files, name):
+    bench = load_benchmark(**bench_cfg(name, files[name]))
+    truth = {t.id: t.answer for t in bench.tasks}
+    wrong_letter = {t.id: next(c for c in "ABCD" if c != t.answer) for t in bench.tasks}
+    right, m, _ = score(name, files[name], {i: f"The best answer is ({a})" for i, a in truth.items()})
+    assert m["accuracy"] == 1.0 and all(r["verdict_method"] == "rule" for r in right.values())
+    _, m, _ = score(name, files[name], wrong_letter)
+    assert m["accuracy"] == 0.0
+    if name == "hrbench_4k":  # cycle-averaged per category, as the official script reports
+        _, m, _ = score(name, files[name], {**truth, "1": wrong_letter["1"]})
+        assert m["hrbench/cross"] == pytest.approx((0.0 + 1.0) / 2) and m["hrbench/single"] == 1.0
+
+
+def test_mathverse_letters_and_values(files):
+    right, m, _ = score("mathverse", files["mathverse"], {"1": "B", "2": "0.5"})
+    assert m["accuracy"] == 1.0 and m["accuracy/problem_version=Vision Only"] == 1.0
+    _, m, _ = score("mathverse", files["mathverse"], {"1": "A", "2": "0.25"})
+    assert m["accuracy"] == 0.0
