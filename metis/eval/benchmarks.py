@@ -1,4 +1,4 @@
-"""The paper's evaluation benchmarks as ``Task`` lists (docs/paper.md, "Evaluation").
+"""The paper's evaluation benchmarks as ``Task`` lists (docs/evaluation.md).
 
 ``BENCHMARKS`` maps a loader name (``conf/benchmark/<name>.yaml: loader``) to a row converter
 ``fn(row, ctx) -> list[Task]``; :func:`load_benchmark` reads the rows (a local file or folder in
@@ -11,8 +11,8 @@ its options in ``meta["options"]`` (letter -> text) for option extraction at sco
 
 Deliberate simplifications: prompts are the question, the lettered options and a one-line
 answer instruction (not each benchmark's official prompt); CharXiv descriptive questions use
-the 19 public templates with a plain "For the subplot at row r and column c," prefix on
-multi-subplot figures.
+the 19 public templates (:mod:`metis.eval.charxiv`) with a plain "For the subplot at row r and
+column c," prefix on multi-subplot figures.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import json
 import logging
 import re
 import string
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from metis.core.task import Task
-from metis.eval.formats import BadRow, decode_images, is_missing, open_source
+from metis.eval.formats import BadRow, EvalError, RowSource, decode_images, is_missing, open_source
 from metis.rl.verifiers import parse_number
 from metis.utils.registry import Registry
 
@@ -44,31 +45,6 @@ CHOICE_FIELDS = ("choices", "options", "option", "Answer choices", "candidates")
 _BULKY = set(IMAGE_FIELDS) | set(QUESTION_FIELDS) | set(ANSWER_FIELDS) | set(CHOICE_FIELDS) | set(LETTERS) | {
     "__base_dir__", "image_1", "image_2", "image_3", "image_4", "image_5", "query_wo", "query_cot"}
 
-CHARXIV_TEMPLATES = {
-    1: "What is the title of the plot?",
-    2: "What is the label of the x-axis?",
-    3: "What is the label of the y-axis?",
-    4: "What is the leftmost labeled tick on the x-axis?",
-    5: "What is the rightmost labeled tick on the x-axis?",
-    6: "What is the spatially lowest labeled tick on the y-axis?",
-    7: "What is the spatially highest labeled tick on the y-axis?",
-    8: "What is difference between consecutive numerical tick values on the x-axis?",
-    9: "What is difference between consecutive numerical tick values on the y-axis?",
-    10: "How many lines are there?",
-    11: "Do any lines intersect?",
-    12: "How many discrete labels are there in the legend?",
-    13: "What are the names of the labels in the legend? (from top to bottom, then left to right)",
-    14: "What is the difference between the maximum and minimum values of the tick labels on the continuous "
-        "legend (i.e., colorbar)?",
-    15: "What is the maximum value of the tick labels on the continuous legend (i.e., colorbar)?",
-    16: "What is the general trend of data from left to right?",
-    17: "What is the total number of explicitly labeled ticks across all axes?",
-    18: "What is the layout of the subplots?",
-    19: "What is the number of subplots?",
-}
-CHARXIV_ANSWER_TYPES = {1: "text_in_chart", 2: "text_in_general", 3: "number_in_chart", 4: "number_in_general"}
-
-
 @dataclass
 class RowContext:
     benchmark: str
@@ -77,6 +53,7 @@ class RowContext:
     base_dir: str | None
     shared_images: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)  # loader_options from the YAML
+    images: bool = True  # False: images are not decoded (score-only runs)
 
 
 @dataclass
@@ -102,6 +79,8 @@ def pick(row: dict[str, Any], names: tuple[str, ...] | list[str]) -> Any:
 
 
 def row_images(row: dict[str, Any], ctx: RowContext) -> list:
+    if not ctx.images:
+        return []
     base = row.get("__base_dir__") or ctx.base_dir
     first_error: BadRow | None = None
     for name in IMAGE_FIELDS:
@@ -119,6 +98,16 @@ def row_images(row: dict[str, Any], ctx: RowContext) -> list:
     if extra:
         return [im for v in extra for im in decode_images(v, base, ctx.shared_images)]
     raise first_error or BadRow("no image")
+
+
+def need(row: dict[str, Any], question_fields: tuple[str, ...] = QUESTION_FIELDS) -> tuple[Any, Any]:
+    """(question, answer) of a row; a missing one is a :class:`BadRow` naming the columns looked at."""
+    question, answer = pick(row, question_fields), pick(row, ANSWER_FIELDS)
+    if answer is None:
+        raise BadRow(f"no answer (columns {'/'.join(ANSWER_FIELDS[:4])} missing or empty)")
+    if question is None:
+        raise BadRow(f"no question (columns {'/'.join(question_fields[:4])} missing or empty)")
+    return question, answer
 
 
 def parse_options(row: dict[str, Any]) -> dict[str, str]:
@@ -167,6 +156,22 @@ def to_letter_answer(answer: Any, options: dict[str, str]) -> str:
     return text
 
 
+def option_answer(answer: Any, options: dict[str, str], answer_option: Any = None) -> str:
+    """The ground-truth letter of a row whose ``answer`` is the option text (MathVista): the
+    ``answer_option`` column first (VLMEvalKit), then the option whose text equals the answer,
+    then :func:`to_letter_answer` (so an option text such as "A" is never read as a letter first)."""
+    if not is_missing(answer_option) and str(answer_option).strip().upper() in options:
+        return str(answer_option).strip().upper()
+    text = str(answer).strip()
+    for letter, opt in options.items():
+        if text == opt.strip():
+            return letter
+    for letter, opt in options.items():
+        if text.lower() == opt.strip().lower():
+            return letter
+    return to_letter_answer(text, options)
+
+
 def format_question(question: str, options: dict[str, str], hint: Any = None, instruction: str | None = None) -> str:
     parts = [f"Hint: {hint}"] if not is_missing(hint) else []
     parts.append(question.strip())
@@ -177,15 +182,30 @@ def format_question(question: str, options: dict[str, str], hint: Any = None, in
     return "\n".join(parts)
 
 
+KEEP_LONG = ("target_instances", "grading_query")  # kept in meta whatever their length (scoring reads them)
+
+
 def row_meta(row: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for k, v in row.items():
         if k in _BULKY or str(k).startswith("__"):
             continue
+        if k in KEEP_LONG:
+            if isinstance(v, (list, dict)) or not is_missing(v):
+                meta[str(k)] = v
+            continue
+        if isinstance(v, str) and v.strip().startswith("{") and v.strip().endswith("}"):
+            try:  # VLMEvalKit stores dict columns (MathVerse "metadata") as their Python repr
+                parsed = ast.literal_eval(v.strip())
+                v = parsed if isinstance(parsed, dict) else v
+            except (ValueError, SyntaxError):
+                pass
         if isinstance(v, dict):  # e.g. MathVista metadata {task, category, skills, ...}
             for k2, v2 in v.items():
                 if isinstance(v2, (str, int, float, bool)) and not (isinstance(v2, str) and len(v2) > 300):
                     meta.setdefault(str(k2), v2)
+                elif isinstance(v2, list) and all(isinstance(x, str) for x in v2) and len(v2) <= 20:
+                    meta.setdefault(str(k2), list(v2))  # e.g. MathVista skills
         elif isinstance(v, (str, int, float, bool)) and not (isinstance(v, str) and len(v) > 300):
             meta[str(k)] = v
         elif isinstance(v, list) and all(isinstance(x, str) for x in v) and len(v) <= 20:
@@ -225,10 +245,7 @@ def _rid(row: dict[str, Any]) -> str:
 def mcq_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
     """VLMEvalKit multiple choice (V*, HRBench, TreeBench, MME-RealWorld, SEED-Bench-2-Plus,
     WeMath, LogicVista), or a HF row with a choices/options list."""
-    question = pick(row, QUESTION_FIELDS)
-    answer = pick(row, ANSWER_FIELDS)
-    if question is None or answer is None:
-        raise BadRow("missing question or answer")
+    question, answer = need(row)
     options = parse_options(row)
     instruction = ctx.options.get("instruction", MC_INSTRUCTION)
     text = format_question(str(question), options, row.get("hint"), instruction)
@@ -238,15 +255,14 @@ def mcq_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
 @BENCHMARKS.register("mathvista")
 def mathvista_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
     """MathVista testmini (AI4Math/MathVista or VLMEvalKit MathVista_MINI)."""
-    question, answer = pick(row, QUESTION_FIELDS), pick(row, ANSWER_FIELDS)
-    if question is None or answer is None:
-        raise BadRow("missing question or answer")
+    question, answer = need(row)
     options = parse_options(row)
     qtype = str(row.get("question_type") or ("multi_choice" if options else "free_form"))
     meta = {"question_type": qtype, "answer_text": str(answer)}
     if qtype == "multi_choice" and options:
         text = format_question(str(question), options, None, MC_INSTRUCTION)
-        return [_task(row, ctx, _rid(row), text, to_letter_answer(answer, options), "multiple_choice", options, meta)]
+        truth = option_answer(answer, options, row.get("answer_option"))
+        return [_task(row, ctx, _rid(row), text, truth, "multiple_choice", options, meta)]
     unit = row.get("unit")
     instruction = "Answer with the final value only" + (f" (unit: {unit})." if not is_missing(unit) else ".")
     text = format_question(str(question), {}, None, instruction)
@@ -256,10 +272,7 @@ def mathvista_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
 @BENCHMARKS.register("mathverse")
 def mathverse_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
     """MathVerse testmini: options live inside the question text; ``problem_version`` kept."""
-    question = pick(row, ("query_wo", "question", "query_cot", "text"))
-    answer = pick(row, ANSWER_FIELDS)
-    if question is None or answer is None:
-        raise BadRow("missing question or answer")
+    question, answer = need(row, ("query_wo", "question", "query_cot", "text"))
     qtype = str(row.get("question_type") or "free-form")
     meta = {"question_type": qtype}
     options = parse_options(row)
@@ -272,9 +285,7 @@ def mathverse_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
 @BENCHMARKS.register("dynamath")
 def dynamath_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
     """DynaMath: ``answer_type`` multiple choice / float / text; ``qid`` groups a seed's variants."""
-    question, answer = pick(row, QUESTION_FIELDS), pick(row, ANSWER_FIELDS)
-    if question is None or answer is None:
-        raise BadRow("missing question or answer")
+    question, answer = need(row)
     atype = str(row.get("answer_type") or "").lower()
     rid = _rid(row)
     meta = {"qid": str(row.get("qid", rid.split("_")[0])), "answer_type": atype}
@@ -286,72 +297,20 @@ def dynamath_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
     return [_task(row, ctx, rid, str(question), str(answer), verifier, None, meta)]
 
 
-def _charxiv_prefix(row: dict[str, Any], qid: int) -> str:
-    try:
-        n = int(row.get("num_subplots") or 1)
-    except (TypeError, ValueError):
-        n = 1
-    if n > 1 and qid not in (18, 19):
-        return f"For the subplot at row {row.get('subplot_row')} and column {row.get('subplot_col')}, "
-    return ""
-
-
-@BENCHMARKS.register("charxiv")
-def charxiv_rows(row: dict[str, Any], ctx: RowContext) -> list[Task]:
-    """CharXiv (princeton-nlp/CharXiv: one figure per row, four descriptive template ids and one
-    reasoning question) or an already exploded TSV (question/answer columns).
-    ``loader_options.mode``: descriptive | reasoning."""
-    mode = ctx.options.get("mode", "reasoning")
-    base = pick(row, ("figure_id", "original_id", "index", "id", "figure_path"))
-    base_id = "" if base is None else str(base).strip()
-    if "reasoning_q" not in row and "descriptive_q1" not in row:  # exploded (VLMEvalKit-style)
-        q, a = pick(row, QUESTION_FIELDS), pick(row, ANSWER_FIELDS)
-        if q is None or a is None:
-            raise BadRow("missing question or answer")
-        return [_task(row, ctx, _rid(row), str(q), str(a), free_form_verifier(str(a)))]
-    if not base_id:
-        raise BadRow("no figure id")
-    keep = {k: v for k, v in row.items() if not re.match(r"(descriptive|reasoning)_", str(k))}
-    if mode == "reasoning":
-        q, a = row.get("reasoning_q"), row.get("reasoning_a")
-        if is_missing(q) or is_missing(a):
-            raise BadRow("missing reasoning_q/reasoning_a")
-        atype = row.get("reasoning_a_type")
-        meta = {"answer_type": CHARXIV_ANSWER_TYPES.get(int(atype), str(atype)) if not is_missing(atype) else None,
-                "q_source": row.get("reasoning_q_source")}
-        return [_task(keep, ctx, f"{base_id}_rq", str(q), str(a), free_form_verifier(str(a)), None, meta)]
-    tasks = []
-    images = None
-    for k in range(1, 5):
-        qid, a = row.get(f"descriptive_q{k}"), row.get(f"descriptive_a{k}")
-        if is_missing(qid) or is_missing(a):
-            continue
-        try:
-            qid = int(qid)
-            template = CHARXIV_TEMPLATES[qid]
-        except (TypeError, ValueError, KeyError):
-            raise BadRow(f"unknown descriptive template {qid!r}") from None
-        prefix = _charxiv_prefix(row, qid)
-        text = prefix + (template[0].lower() + template[1:] if prefix else template)
-        task = _task(keep if images is None else {**keep, "image": images}, ctx, f"{base_id}_dq{k}", text, str(a),
-                     free_form_verifier(str(a)), None, {"template": qid})
-        images = task.images  # decode the figure once per row
-        tasks.append(task)
-    if not tasks:
-        raise BadRow("no descriptive question")
-    return tasks
-
-
 # ----------------------------------------------------------------------------- loading
 def load_benchmark(name: str, loader: str, path: str | None = None, url: str | None = None,
                    hub_id: str | None = None, hub_config: str | None = None, split: str | None = None,
                    data_source: str | None = None, category: str = "perception",
                    loader_options: dict[str, Any] | None = None, limit: int | None = None,
-                   cache_dir: str | None = None, **_: Any) -> LoadedBenchmark:
+                   cache_dir: str | None = None, images: bool = True, rows: list[dict[str, Any]] | None = None,
+                   origin: str | None = None, **_: Any) -> LoadedBenchmark:
     """Read and convert a benchmark (see :func:`metis.eval.formats.open_source` for where from). Extra YAML keys
-    (metric settings) are ignored here. ``limit`` keeps the first N tasks."""
+    (metric settings) are ignored here. ``limit`` keeps the first N tasks; ``images=False`` skips decoding
+    them (score-only runs); ``rows`` (with ``origin``) replace the data source (the ground truth a
+    prediction file carries). Raises :class:`EvalError` (one line naming the data) when no row is usable."""
     convert: Callable[[dict[str, Any], RowContext], list[Task]] = BENCHMARKS.get(loader)
-    source = open_source(name, path, url, hub_id, hub_config, split, cache_dir)
+    source = RowSource(rows, None, origin or "rows") if rows is not None else \
+        open_source(name, path, url, hub_id, hub_config, split, cache_dir)
     shared = {}
     for row in source.rows:  # VLMEvalKit stores a repeated image once; others point at its index
         if isinstance(row, dict) and isinstance(row.get("image"), str) and len(row["image"]) > 64:
@@ -359,7 +318,7 @@ def load_benchmark(name: str, loader: str, path: str | None = None, url: str | N
             if not is_missing(idx):
                 shared[str(idx).strip()] = row["image"]
     ctx = RowContext(name, data_source or name, category, str(source.base_dir) if source.base_dir else None,
-                     shared, dict(loader_options or {}))
+                     shared, dict(loader_options or {}), images)
     tasks: list[Task] = []
     skipped: list[dict[str, str]] = []
     seen: set[str] = set()
@@ -387,7 +346,14 @@ def load_benchmark(name: str, loader: str, path: str | None = None, url: str | N
             seen.add(task.id)
             tasks.append(task)
     tasks = tasks[:limit] if limit is not None else tasks
+    if not tasks:
+        reasons = Counter(s["reason"] for s in skipped).most_common(1)
+        why = f"; most common: {reasons[0][0]} ({reasons[0][1]} rows)" if reasons else ""
+        raise EvalError(f"benchmark {name}: none of the {len(source.rows)} rows of {source.origin} could be used{why}")
     for s in skipped:
         log.warning("%s: skipped %s: %s", name, s["row"], s["reason"])
     log.info("%s: %d tasks from %s (%d rows skipped)", name, len(tasks), source.origin, len(skipped))
     return LoadedBenchmark(name, tasks, skipped, source.origin)
+
+
+from metis.eval import charxiv as _charxiv  # noqa: E402,F401  (registers the "charxiv" loader)

@@ -34,6 +34,11 @@ class BadRow(ValueError):
     """A row that cannot become a task (missing field, undecodable image); it is skipped."""
 
 
+class EvalError(ValueError):
+    """Input an evaluation cannot go on with (empty or unreadable file, no usable rows, missing
+    data, a refused resume); the message is one line naming the file or config key."""
+
+
 @dataclass
 class RowSource:
     """Where rows came from: files are resolved relative to ``base_dir``."""
@@ -73,13 +78,22 @@ def _clean(value: Any) -> Any:
 
 def _read_table(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise EvalError(f"{path}: empty file")
     if suffix in (".tsv", ".csv"):
         import pandas as pd
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                                na_values=[], on_bad_lines="warn")
+            try:
+                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                    na_values=[], on_bad_lines="warn")
+            except pd.errors.EmptyDataError:
+                raise EvalError(f"{path}: empty file (no header, no rows)") from None
+            except (pd.errors.ParserError, UnicodeDecodeError) as err:
+                raise EvalError(f"{path}: not a readable {suffix[1:].upper()} ({str(err).strip()[:200]})") from None
+        if frame.empty:
+            raise EvalError(f"{path}: header only, no rows (columns: {', '.join(map(str, frame.columns[:12]))})")
         rows: list[dict[str, Any]] = [{k: (v if v != "" else None) for k, v in row.items()}
                                       for row in frame.to_dict("records")]
         for w in caught:  # malformed lines that pandas skipped: reported, not fatal
@@ -89,7 +103,11 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return [{k: _clean(v) for k, v in row.items()} for row in pq.read_table(path).to_pylist()]
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # noqa: BLE001 - arrow raises several kinds on a broken file
+            raise EvalError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from None
+        return [{k: _clean(v) for k, v in row.items()} for row in table.to_pylist()]
     if suffix == ".jsonl":
         rows = []
         with path.open(encoding="utf-8") as fh:
@@ -102,7 +120,10 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
                     rows.append({"__bad_row__": f"{path.name}:{n}: invalid JSON ({err.msg})"})
         return rows
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise EvalError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
         if isinstance(data, dict):  # {"id": row} or {"data": [...]}
             data = data.get("data", data.get("rows", [dict(v, id=v.get("id", k)) if isinstance(v, dict) else v
                                                       for k, v in data.items()]))
@@ -117,7 +138,10 @@ def read_local(path: str | Path, split: str | None = None) -> RowSource:
     if not path.exists():
         raise FileNotFoundError(f"benchmark data not found at {path}")
     if path.is_file():
-        return RowSource(_read_table(path), path.parent, str(path))
+        rows = _read_table(path)
+        if not rows:
+            raise EvalError(f"{path}: no rows")
+        return RowSource(rows, path.parent, str(path))
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         import datasets
 
@@ -127,6 +151,10 @@ def read_local(path: str | Path, split: str | None = None) -> RowSource:
         return RowSource([dict(r) for r in ds], path, str(path))
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES and p.is_file()
                    and not p.name.startswith(".") and p.name not in ("dataset_info.json", "state.json"))
+    if any(p.suffix.lower() != ".json" for p in files):
+        # HF layouts keep per-image JSON sidecars next to the images; with real tables present,
+        # .json files are metadata, not data tables
+        files = [p for p in files if p.suffix.lower() != ".json"]
     if split:
         picked = [p for p in files if split.lower() in p.name.lower()]
         files = picked or files
@@ -135,6 +163,8 @@ def read_local(path: str | Path, split: str | None = None) -> RowSource:
     rows: list[dict[str, Any]] = []
     for f in files:
         rows.extend(dict(r, __base_dir__=str(f.parent)) if isinstance(r, dict) else r for r in _read_table(f))
+    if not rows:
+        raise EvalError(f"{path}: no rows in {', '.join(f.name for f in files[:5])}")
     return RowSource(rows, path, str(path))
 
 
@@ -260,6 +290,12 @@ def open_source(name: str, path: str | None = None, url: str | None = None, hub_
                                     "benchmark.path") from err
         return read_local(local, split)
     if hub_id:
-        return read_hub(hub_id, hub_config, split)
+        try:
+            return read_hub(hub_id, hub_config, split)
+        except Exception as err:  # noqa: BLE001 - datasets/hub raise many kinds (offline, gated, unknown id)
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise FileNotFoundError(f"benchmark {name}: no data at benchmark.path={path!r}, and loading hub dataset "
+                                    f"{hub_id!r} failed ({type(err).__name__}: {first}); download it and set "
+                                    "benchmark.path") from None
     raise FileNotFoundError(f"benchmark {name}: no data at benchmark.path={path!r} and no benchmark.url/hub_id; "
                             f"point benchmark.path at the file or folder (see docs/evaluation.md)")

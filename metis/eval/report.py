@@ -49,8 +49,28 @@ def _pct(x: Any) -> float:
 
 
 def _is_rate(key: str) -> bool:
-    return key.startswith(("accuracy", "tool_use_rate", "hrbench/", "dynamath/", "wemath/")) and \
+    return key.startswith(("accuracy", "tool_use_rate", "hrbench/", "dynamath/", "wemath/", "treebench/")) and \
         key != "wemath/composites" or key in ("unanswered_rate", "tool_error_rate")
+
+
+def run_flags(results: dict[str, Any]) -> list[str]:
+    """Why a number may not be comparable with a published one: a limited run, rows skipped as
+    corrupt, rows unscored, generation failures, samples without a prediction, no judge."""
+    m, run = results["metrics"], results.get("run") or {}
+    flags = []
+    if results.get("limit") is not None:
+        flags.append(f"limited run (limit={results['limit']})")
+    if results.get("skipped_rows"):
+        flags.append(f"{results['skipped_rows']} data rows skipped as unusable (accuracy over the rest)")
+    if m.get("unscored"):
+        flags.append(f"{m['unscored']:.0f} rows unscored (judge unavailable), left out of the accuracy")
+    if m.get("runtime_errors"):
+        flags.append(f"{m['runtime_errors']:.0f} samples failed to generate (scored unanswered)")
+    if run.get("without_prediction"):
+        flags.append(f"{run['without_prediction']} samples have no prediction in the file")
+    if results.get("truth_source") == "prediction file":
+        flags.append("ground truth taken from the prediction file (benchmark data not found)")
+    return flags
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -81,17 +101,23 @@ def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
     bench, metrics = results["benchmark"], results["metrics"]
     primary = results.get("primary_metric", "accuracy")
     ours_acc = _pct(metrics.get(primary, metrics.get("accuracy")))
+    se = metrics.get(f"{primary}_stderr", metrics.get("accuracy_stderr") if primary == "accuracy" else None)
+    flags = results.get("flags") if results.get("flags") is not None else run_flags(results)
+    nan = float("nan")
     rows = [{"benchmark": bench, "model": f"this run ({results.get('model', '?')}, tools={results.get('tools', '?')})",
-             "accuracy": ours_acc, "tool_use_rate": _pct(metrics.get("tool_use_rate")), "source": "measured",
-             "delta_vs_paper_metis": float("nan")}]
+             "accuracy": ours_acc, "stderr": _pct(se), "tool_use_rate": _pct(metrics.get("tool_use_rate")),
+             "n": metrics.get("scored", metrics.get("n")), "unscored": metrics.get("unscored", 0.0),
+             "source": "measured", "delta_vs_paper_metis": nan, "flags": "; ".join(flags)}]
     paper = PUBLISHED.get(bench, {})
     for model, acc in paper.items():
-        rows.append({"benchmark": bench, "model": f"{model} (paper)", "accuracy": acc, "tool_use_rate": float("nan"),
-                     "source": "docs/paper.md", "delta_vs_paper_metis": float("nan")})
+        rows.append({"benchmark": bench, "model": f"{model} (paper)", "accuracy": acc, "stderr": nan,
+                     "tool_use_rate": nan, "n": nan, "unscored": nan, "source": "paper", "delta_vs_paper_metis": nan,
+                     "flags": ""})
     tool_key = TOOL_USE_KEY.get(bench)
     for model, (rate, acc) in PUBLISHED_TOOL_USE.get(tool_key, {}).items():
-        rows.append({"benchmark": tool_key, "model": f"{model} (paper, tool use)", "accuracy": acc,
-                     "tool_use_rate": float(rate), "source": "docs/paper.md", "delta_vs_paper_metis": float("nan")})
+        rows.append({"benchmark": tool_key, "model": f"{model} (paper, tool use)", "accuracy": acc, "stderr": nan,
+                     "tool_use_rate": float(rate), "n": nan, "unscored": nan, "source": "paper",
+                     "delta_vs_paper_metis": nan, "flags": ""})
     if "Metis" in paper and not math.isnan(ours_acc):
         rows[0]["delta_vs_paper_metis"] = round(ours_acc - paper["Metis"], 1)
     return pd.DataFrame(rows)
@@ -115,11 +141,14 @@ def write_reports(output_dir: str | Path, results: dict[str, Any], scored: Seque
     table.to_csv(paths["table_csv"], index=False)
     comp.to_csv(paths["comparison_csv"], index=False)
     judge = results.get("judge") or {}
+    m = results["metrics"]
+    flags = results.get("flags") or []
     head = (f"# {results['benchmark']}: {results.get('model')} (tools={results.get('tools')})\n\n"
-            f"{results['metrics'].get('n', 0):.0f} samples from {results.get('origin')}; "
+            f"{m.get('n', 0):.0f} samples from {results.get('origin')}; {m.get('unscored', 0):.0f} unscored; "
             f"{results.get('skipped_rows', 0)} rows skipped; scoring: rules"
-            + (f" + LLM judge {judge.get('model')} (prompt {judge.get('prompt_version')})" if judge else " only")
-            + "\n\n")
+            + (f" + LLM judge {judge.get('model')} at {judge.get('base_url')} (prompt {judge.get('prompt_version')})"
+               if judge else " only")
+            + "\n\n" + "".join(f"- flag: {f}\n" for f in flags) + ("\n" if flags else ""))
     paths["table_md"].write_text(head + to_markdown(table))
     paths["comparison_md"].write_text(head + to_markdown(comp))
     return paths
@@ -135,7 +164,10 @@ def summarize_runs(root: str | Path) -> pd.DataFrame:
         except (OSError, ValueError, KeyError):
             continue
         rows.append({"benchmark": bench, "model": res.get("model"), "tools": res.get("tools"), "n": m.get("n"),
+                     "unscored": m.get("unscored", 0.0),
                      "accuracy": _pct(m.get(res.get("primary_metric", "accuracy"), m.get("accuracy"))),
+                     "stderr": _pct(m.get("accuracy_stderr")) if res.get("primary_metric", "accuracy") == "accuracy"
+                     else float("nan"), "flags": "; ".join(res.get("flags") or []),
                      "tool_use_rate": _pct(m.get("tool_use_rate")), "mean_tool_calls": m.get("mean_tool_calls"),
                      "paper_metis": PUBLISHED.get(bench, {}).get("Metis", float("nan")),
                      "paper_qwen3_vl_8b": PUBLISHED.get(bench, {}).get("Qwen3-VL-8B", float("nan")),

@@ -1,10 +1,12 @@
 """Batched, resumable inference over benchmark tasks with the training agent loop.
 
-Each finished sample is appended to a JSON-lines file (one record per task id) as soon as its
-batch ends; a rerun reads the file and skips every id that already has a good record, so an
-interrupted evaluation picks up where it stopped and nothing finished is recomputed. A batch that
-raises is retried task by task; a task that still raises gets an ``error`` record, which a
-rerun retries. A torn last line (a crash mid-write) is ignored.
+Each sample is appended to a JSON-lines file (one record per task id) the moment its trajectory
+finishes (:class:`EvalLoop` reports finished trajectories turn by turn), so an interrupt loses
+only the samples still in flight. Every record carries the run's fingerprint
+(:mod:`metis.eval.fingerprint`: checkpoint, prompt, loop settings) and the sha of its input
+(question and pixels). A rerun reuses a record only when both still match; other samples are
+generated again. A batch that raises is retried task by task; a task that still raises gets an
+``error`` record, which a rerun retries. A torn last line (a crash mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metis.agent.loop import AgentLoop
 from metis.core.task import Task
+from metis.eval.fingerprint import task_input_sha
+from metis.rl.rewards import extract_answer
 
 log = logging.getLogger("metis.eval")
 
@@ -57,26 +62,50 @@ def trajectory_record(traj, benchmark: str, elapsed_s: float = 0.0) -> dict[str,
             "observations": observations, "elapsed_s": round(elapsed_s, 3), "error": None}
 
 
-def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
-    """id -> the last record of that id (a good record is never replaced by a later error one)."""
-    path = Path(path)
-    out: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return out
-    with path.open(encoding="utf-8") as fh:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each JSON object line; torn or non-object lines are logged and skipped."""
+    with Path(path).open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                rid = str(rec["id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                log.warning("%s:%d: unreadable prediction line ignored", path, n)
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict):
+                log.warning("%s:%d: unreadable line ignored", path, n)
                 continue
-            if rec.get("error") and rid in out and not out[rid].get("error"):
-                continue
-            out[rid] = rec
+            yield n, rec
+
+
+def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
+    """id -> the last record of that id (a good record is never replaced by a later error one)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not Path(path).exists():
+        return out
+    for n, rec in iter_jsonl(path):
+        if rec.get("id") is None:
+            log.warning("%s:%d: prediction without id ignored", path, n)
+            continue
+        rid = str(rec["id"])
+        if rec.get("error") and rid in out and not out[rid].get("error"):
+            continue
+        out[rid] = rec
     return out
+
+
+class EvalLoop(AgentLoop):
+    """The training agent loop, reporting each trajectory as soon as it is done (``on_done``)."""
+
+    on_done: Callable | None = None
+
+    def _release(self, trajs) -> None:
+        super()._release(trajs)
+        for traj in trajs:
+            if traj.done and not getattr(traj, "_reported", False) and self.on_done is not None:
+                traj._reported = True
+                traj.final_answer = extract_answer(traj.response_text)
+                self.on_done(traj)
 
 
 @dataclass
@@ -85,6 +114,7 @@ class RunStats:
     reused: int = 0
     generated: int = 0
     failed: int = 0
+    stale: int = 0  # good records not reused: other fingerprint or changed input
     elapsed_s: float = 0.0
 
 
@@ -100,16 +130,19 @@ class EvalRunner:
         batch_size: tasks per ``agent.run`` call (the engine may split further).
         greedy: greedy decoding (the evaluation default).
         resume: False starts a fresh file (the old one is kept as ``<name>.jsonl.bak``).
+        fingerprint: the run's fingerprint; records made under another one are not reused.
     """
 
     def __init__(self, agent, predictions_path: str | Path, benchmark: str, batch_size: int = 16,
-                 greedy: bool = True, resume: bool = True) -> None:
+                 greedy: bool = True, resume: bool = True, fingerprint: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self._agent, self.benchmark = agent, benchmark
+        self._agent, self.benchmark, self.fingerprint = agent, benchmark, fingerprint
         self.path = Path(predictions_path)
         self.batch_size, self.greedy = int(batch_size), bool(greedy)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._written: set[str] = set()
+        self._input_sha: dict[str, str] = {}
         if not resume and self.path.exists():
             os.replace(self.path, self.path.with_name(self.path.name + ".bak"))
 
@@ -119,8 +152,18 @@ class EvalRunner:
             self._agent = self._agent()
         return self._agent
 
-    def finished_ids(self) -> set[str]:
-        return {rid for rid, rec in read_predictions(self.path).items() if not rec.get("error")}
+    def _sha(self, task: Task) -> str:
+        if task.id not in self._input_sha:
+            self._input_sha[task.id] = task_input_sha(task)
+        return self._input_sha[task.id]
+
+    def reusable(self, rec: dict[str, Any] | None, task: Task) -> bool:
+        return bool(rec) and not rec.get("error") and rec.get("fingerprint") == self.fingerprint and \
+            rec.get("input_sha") == self._sha(task)
+
+    def finished_ids(self, tasks: Sequence[Task]) -> set[str]:
+        known = read_predictions(self.path)
+        return {t.id for t in tasks if self.reusable(known.get(t.id), t)}
 
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
@@ -128,35 +171,74 @@ class EvalRunner:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        self._written.update(str(r["id"]) for r in records)
+
+    def _stamp(self, rec: dict[str, Any], task: Task) -> dict[str, Any]:
+        return {**rec, "fingerprint": self.fingerprint, "input_sha": self._sha(task)}
+
+    def _error_record(self, task: Task, error: str) -> dict[str, Any]:
+        return self._stamp({**task_fields(task, self.benchmark), "final_answer": None, "num_tool_calls": 0,
+                            "tool_calls": [], "tool_errors": 0, "num_turns": 0, "truncated": False,
+                            "error": error}, task)
 
     def _run_batch(self, batch: Sequence[Task]) -> list[dict[str, Any]]:
+        """Generates ``batch``; every record is appended as soon as it exists. Returns the new records."""
+        batch = [t for t in batch if t.id not in self._written]
+        if not batch:
+            return []
         t0 = time.perf_counter()
+        by_id = {t.id: t for t in batch}
+        new: list[dict[str, Any]] = []
+
+        def done(traj) -> None:
+            if traj.task.id in self._written or traj.task.id not in by_id:
+                return
+            rec = self._stamp(trajectory_record(traj, self.benchmark, time.perf_counter() - t0), traj.task)
+            self._append([rec])
+            new.append(rec)
+
+        agent = self.agent
+        if isinstance(agent, EvalLoop):
+            agent.on_done = done
         try:
-            trajs = self.agent.run(list(batch), n=1, greedy=self.greedy)
-            per = (time.perf_counter() - t0) / max(len(batch), 1)
-            return [trajectory_record(t, self.benchmark, per) for t in trajs]
+            trajs = agent.run(list(batch), n=1, greedy=self.greedy)
         except Exception as err:  # noqa: BLE001 - isolate the failing task(s), keep the others
             if len(batch) == 1:
                 log.error("%s: task %s failed: %s: %s", self.benchmark, batch[0].id, type(err).__name__, err)
-                return [{**task_fields(batch[0], self.benchmark), "final_answer": None, "num_tool_calls": 0,
-                         "tool_calls": [], "tool_errors": 0, "num_turns": 0, "truncated": False,
-                         "error": f"{type(err).__name__}: {str(err)[:500]}"}]
+                rec = self._error_record(batch[0], f"{type(err).__name__}: {str(err)[:500]}")
+                self._append([rec])
+                return new + [rec]
             log.warning("%s: a batch of %d failed (%s); retrying task by task", self.benchmark, len(batch), err)
-            return [rec for task in batch for rec in self._run_batch([task])]
+            return new + [rec for task in batch for rec in self._run_batch([task])]
+        finally:
+            if isinstance(agent, EvalLoop):
+                agent.on_done = None
+        for traj in trajs:
+            done(traj)
+        skipped = {s.get("task_id"): s.get("error") for s in getattr(agent, "skipped", [])}
+        for task in batch:  # the loop could not start it (prompt too long, broken image)
+            if task.id not in self._written:
+                rec = self._error_record(task, str(skipped.get(task.id) or "no trajectory returned"))
+                self._append([rec])
+                new.append(rec)
+        return new
 
     def run(self, tasks: Sequence[Task]) -> RunStats:
-        """Generate for every task without a good record; returns counts."""
+        """Generate for every task without a reusable record; returns counts."""
         t0 = time.perf_counter()
-        done = self.finished_ids()
-        todo = [t for t in tasks if t.id not in done]
+        known = read_predictions(self.path)
+        todo = [t for t in tasks if not self.reusable(known.get(t.id), t)]
         stats = RunStats(total=len(tasks), reused=len(tasks) - len(todo))
+        stats.stale = sum(1 for t in todo if known.get(t.id) and not known[t.id].get("error"))
         if stats.reused:
-            log.info("%s: %d/%d samples already in %s, skipped", self.benchmark, stats.reused, len(tasks), self.path)
+            log.info("%s: %d/%d samples already in %s, reused", self.benchmark, stats.reused, len(tasks), self.path)
+        if stats.stale:
+            log.warning("%s: %d stored predictions were made for another input (data changed); generating them again",
+                        self.benchmark, stats.stale)
         if todo:
             _ = self.agent  # build the model now: a model that cannot load ends the run, it is no sample failure
         for start in range(0, len(todo), self.batch_size):
             records = self._run_batch(todo[start:start + self.batch_size])
-            self._append(records)
             stats.generated += sum(not r.get("error") for r in records)
             stats.failed += sum(bool(r.get("error")) for r in records)
             log.info("%s: %d/%d samples done", self.benchmark, stats.reused + start + len(records), len(tasks))

@@ -59,7 +59,7 @@ def test_scripted_run_scores_tool_use_and_resumes(tiny_policy, tmp_path, files):
     cfg.limit = None
     res = evaluate(cfg, model=model, processor=processor, toolbox=FakeToolBox(), engine=engine2)
     assert list(engine2.calls_per_task) == ["2"]
-    assert res["run"] == {"reused": 2, "generated": 1, "failed": 0, "elapsed_s": res["run"]["elapsed_s"],
+    assert res["run"] == {"reused": 2, "generated": 1, "failed": 0, "stale": 0, "elapsed_s": res["run"]["elapsed_s"],
                           "greedy": True, "device": "cpu"}
     m = res["metrics"]
     assert m["n"] == 3 and m["accuracy"] == pytest.approx(2 / 3)
@@ -79,7 +79,7 @@ def test_scripted_run_scores_tool_use_and_resumes(tiny_policy, tmp_path, files):
                  "config.yaml"):
         assert (out / name).stat().st_size > 0, name
     comp = (out / "comparison.md").read_text()
-    assert "Metis (paper) | 91.1" in comp and "Qwen3-VL-8B + GRPO (paper, tool use) | 88.7 | 98" in comp
+    assert "Metis (paper) | 91.1" in comp and "Qwen3-VL-8B + GRPO (paper, tool use) | 88.7 |  | 98" in comp
 
     # resume=false starts over (the old file kept as .bak)
     engine4 = ScriptedEngine(processor, script_vstar)

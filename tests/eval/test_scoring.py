@@ -6,13 +6,8 @@ import math
 
 import pytest
 
-from metis.eval.scoring import (
-    aggregate,
-    extract_option_letters,
-    score_prediction,
-    score_records,
-    tool_metrics,
-)
+from metis.eval.metrics import aggregate, tool_metrics
+from metis.eval.scoring import extract_option_letters, score_prediction, score_records
 from metis.io.judge import JudgeUnavailable
 
 OPTS = {"A": "red", "B": "dark green", "C": "blue", "D": "green"}
@@ -113,11 +108,13 @@ def test_judge_only_where_rules_cannot_decide():
     assert len(judge.calls) == 2
 
 
-def test_judge_failure_keeps_rule_verdict():
+def test_judge_failure_is_unscored_never_wrong():
     v = score_prediction("no idea", "B", "multiple_choice", OPTS, judge=FakeJudge(fail=True))
-    assert (v.status, v.note) == ("unanswered", "judge_unavailable")
+    assert (v.status, v.score, v.note) == ("unscored", None, "judge_unavailable")
     v = score_prediction("the Joint CNN", "Joint-CNN", "exact", judge=FakeJudge(fail=True))
-    assert (v.status, v.method, v.note) == ("wrong", "rule", "judge_unavailable")
+    assert (v.status, v.score, v.method) == ("unscored", None, "judge")
+    # rows the rules decide are scored even with the judge down
+    assert score_prediction("B", "B", "multiple_choice", OPTS, judge=FakeJudge(fail=True)).status == "correct"
 
 
 def _rec(i, answer, pred, calls=(), errors=0, turns=1, truncated=False, meta=None, error=None):
@@ -163,5 +160,11 @@ def test_benchmark_specific_metrics():
     we = [_rec(f"1{k}", "A", p, meta={"ID": "1", "key": f"2steps_{k}"}) for k, p in (("1", "A"), ("2", "A"), ("multi", "B"))]
     we += [_rec(f"2{k}", "A", p, meta={"ID": "2", "key": f"2steps_{k}"}) for k, p in (("1", "B"), ("2", "A"), ("multi", "A"))]
     m = aggregate(score_records(we), extra_metrics=["wemath"])
-    assert (m["wemath/IG"], m["wemath/RM"], m["wemath/CM"], m["wemath/IK"]) == (0.5, 0.5, 0.0, 0.0)
+    # problem 1: both steps right, composite wrong (IG); problem 2: a step wrong, composite right
+    # (RM strict, but CM loose since one step is right)
+    assert (m["wemath/IG"], m["wemath/IK"], m["wemath/composites"]) == (0.5, 0.0, 2)
+    assert (m["wemath/CM_strict"], m["wemath/RM_strict"]) == (0.0, 1.0)
+    assert (m["wemath/CM_loose"], m["wemath/RM_loose"]) == (0.5, 0.0)
+    assert m["wemath/score_strict"] == pytest.approx((2 - 0.5 - 1) / 2)
+    assert m["wemath/score_loose"] == pytest.approx((2 - 0.5) / 2)
     assert math.isnan(aggregate([])["accuracy"])
