@@ -20,8 +20,10 @@ log = logging.getLogger("metis.tools.sandbox")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER_PATH = os.path.join(_HERE, "_python_worker.py")
 PROTOCOL_PATH = os.path.join(_HERE, "_sandbox_protocol.py")
+SECCOMP_PATH = os.path.join(_HERE, "_seccomp.py")
 SANDBOX_WORKER = "/opt/metis/worker.py"
 SANDBOX_PROTOCOL = "/opt/metis/_sandbox_protocol.py"
+SANDBOX_SECCOMP = "/opt/metis/_seccomp.py"
 SANDBOX_SCRATCH = "/scratch"
 
 
@@ -48,6 +50,7 @@ class SandboxConfig:
     max_pixels: int = 5120 * 32 * 32
     capture_open_figures: bool = True
     max_message_mb: int = 256
+    seccomp: bool = True  # install the syscall filter (_seccomp.py) before model code runs
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -110,6 +113,7 @@ def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg
     for d in binds:
         cmd += ["--ro-bind", d, d]
     cmd += ["--ro-bind", WORKER_PATH, SANDBOX_WORKER, "--ro-bind", PROTOCOL_PATH, SANDBOX_PROTOCOL,
+            "--ro-bind", SECCOMP_PATH, SANDBOX_SECCOMP,
             "--proc", "/proc", "--dev", "/dev",
             "--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--clearenv"]
     for key, value in env.items():
@@ -167,3 +171,34 @@ def resolve_mode(requested: str) -> str:
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return "subprocess"
+
+
+def fallback_namespaces(scratch: str, tmpfs_mb: int) -> None:
+    """The subprocess fallback as root, in the child before exec: new mount, IPC, network and UTS
+    namespaces; a private ``/tmp`` and ``/dev/shm`` (tmpfs, ``tmpfs_mb`` each) with ``scratch``
+    bound back at its own path; ``/proc`` remounted with ``hidepid=2`` so the sandbox uid sees
+    only its own processes. Host files stay visible (this mode hides no filesystem)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(ret: int, what: str) -> None:
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sandbox fallback: {what}: {os.strerror(err)}")
+
+    # CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS
+    check(libc.unshare(0x00020000 | 0x08000000 | 0x40000000 | 0x04000000), "unshare")
+    check(libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None), "make / private")  # REC|PRIVATE
+    keep = os.open(scratch, os.O_PATH | os.O_DIRECTORY)
+    opts = f"size={tmpfs_mb << 20},mode=1777".encode()
+    for target in (b"/tmp", b"/dev/shm"):
+        if os.path.isdir(target):
+            check(libc.mount(b"tmpfs", target, b"tmpfs", 2 | 4, opts), f"tmpfs on {target!r}")
+    if not os.path.isdir(scratch):  # it was under the fresh /tmp: bind it back
+        os.makedirs(scratch, mode=0o755)
+        check(libc.mount(f"/proc/self/fd/{keep}".encode(), scratch.encode(), None, 0x1000, None),
+              "bind the scratch dir")  # MS_BIND
+    os.close(keep)
+    os.chdir(scratch)
+    check(libc.mount(b"proc", b"/proc", b"proc", 2 | 4 | 8, b"hidepid=2"), "mount /proc")

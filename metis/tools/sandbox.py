@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -40,7 +41,8 @@ from typing import Any
 
 from metis.tools._sandbox_protocol import BLOB, HEADER, encode_frames, encode_image
 from metis.tools.isolation import (SANDBOX_SCRATCH, WORKER_PATH, SandboxConfig, SandboxError,
-                                   bwrap_command, resolve_mode, sandbox_env)
+                                   bwrap_command, fallback_namespaces, resolve_mode,
+                                   sandbox_env)
 from metis.tools.uid_lease import lease_uid, release_uid
 
 __all__ = ["Interpreter", "SandboxConfig", "SandboxError", "kill_uid", "resolve_mode",
@@ -81,8 +83,10 @@ def sweep_stale_scratch(root: str | None = None) -> int:
     return removed
 
 
-def _fallback_preexec() -> None:
+def _fallback_preexec(scratch: str | None = None, tmpfs_mb: int = 0) -> None:
     os.setsid()
+    if scratch is not None:
+        fallback_namespaces(scratch, tmpfs_mb)
     try:
         import ctypes
 
@@ -121,7 +125,8 @@ class Interpreter:
         else:
             cmd = [os.path.realpath(sys.executable), "-s", "-B", WORKER_PATH] + args
             popen_env = sandbox_env(self.scratch, cfg, tmp=self.scratch)
-            preexec = _fallback_preexec
+            preexec = (functools.partial(_fallback_preexec, self.scratch, cfg.tmpfs_mb)
+                       if self.as_root else _fallback_preexec)
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self._log, env=popen_env, cwd=self.scratch,
