@@ -70,7 +70,7 @@ def _set_limits(cfg: dict) -> None:
         resource.RLIMIT_CORE: 0,
     }
     for which, value in limits.items():
-        if value and value > 0:
+        if (value and value > 0) or which == resource.RLIMIT_CORE:  # CORE 0: no core dumps
             hard = value + 5 if which == resource.RLIMIT_CPU else value
             try:
                 resource.setrlimit(which, (value, hard))
@@ -308,10 +308,25 @@ class _Runner:
             return f"{type(exc).__name__}\n"
 
 
+def _signal_others(cfg: dict, sig: int) -> None:
+    """kill(-1, sig): every other process this uid may signal — in its own pid namespace or as
+    its own uid, exactly the sandbox's processes (``cfg["freeze"]`` says so)."""
+    if cfg.get("freeze"):
+        try:
+            os.kill(-1, sig)
+        except OSError:
+            pass  # ESRCH: there are none
+
+
 def confine(cfg: dict, deathsig: bool = True) -> None:
     """Limits, the uid drop and the seccomp filter: what every sandbox process gets before any
     model code runs (the fork server's namespace init too)."""
     _set_limits(cfg)
+    try:  # under memory pressure the kernel kills sandboxes first, never the trainer
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
     _drop_privileges(cfg, deathsig)
     if cfg.get("seccomp", True):
         try:
@@ -333,13 +348,18 @@ def main() -> None:
     serve(cfg)
 
 
-def serve(cfg: dict) -> None:
-    """Speak the protocol on fds 0/1 until the parent closes them; never returns."""
+def serve(cfg: dict, runner: _Runner | None = None) -> None:
+    """Speak the protocol on fds 0/1 until the parent closes them; never returns. ``runner``:
+    one made by ``preload`` before a fork (nothing ran in it yet), to skip the imports."""
     proto_in, proto_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     _set_limits(cfg)
-    runner = _Runner(cfg)  # imports happen before the drop: the uid may not reach the stdlib
+    if runner is None:
+        runner = _Runner(cfg)  # imports happen before the drop: the uid may not reach the stdlib
+    else:
+        runner.cfg, runner.main_pid = cfg, os.getpid()
+        runner.limit = int(cfg.get("max_output_chars", 4000))
     confine(cfg)
     runner.open_output_file()
     os.dup2(runner.fd_out, 1)
@@ -355,8 +375,10 @@ def serve(cfg: dict) -> None:
         out_blobs: list[bytes] = []
         try:
             if op == "exec":
+                _signal_others(cfg, 18)  # SIGCONT: what model code left running goes on
                 reply = runner.run(str(msg.get("code", "")))
                 out_blobs = runner.blobs
+                _signal_others(cfg, 19)  # SIGSTOP: no CPU between calls
             elif op == "init":
                 runner.load_images(list(msg.get("images", [])), blobs)
                 reply = {"ok": True}

@@ -21,10 +21,14 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER_PATH = os.path.join(_HERE, "_python_worker.py")
 PROTOCOL_PATH = os.path.join(_HERE, "_sandbox_protocol.py")
 SECCOMP_PATH = os.path.join(_HERE, "_seccomp.py")
+ZYGOTE_PATH = os.path.join(_HERE, "_zygote.py")
 SANDBOX_WORKER = "/opt/metis/worker.py"
 SANDBOX_PROTOCOL = "/opt/metis/_sandbox_protocol.py"
 SANDBOX_SECCOMP = "/opt/metis/_seccomp.py"
 SANDBOX_SCRATCH = "/scratch"
+SANDBOX_ZYGOTE = "/opt/metis/_zygote.py"
+SANDBOX_ZYGOTE_WORKER = "/opt/metis/_python_worker.py"  # importable by that name there
+SANDBOX_SCRATCHES = "/scratches"
 
 
 class SandboxError(RuntimeError):
@@ -79,14 +83,20 @@ def site_dirs() -> list[str]:
 
 
 def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg: SandboxConfig,
-                  as_root: bool) -> list[str]:
-    """The full bwrap argv running ``python worker.py <args>`` with ``scratch`` as /scratch."""
+                  as_root: bool, zygote: bool = False) -> list[str]:
+    """The full bwrap argv running ``python worker.py <args>`` with ``scratch`` as /scratch.
+
+    ``zygote``: run the fork server instead (root only), with ``scratch`` (the dir holding every
+    interpreter's scratch dir) at /scratches, CAP_SYS_ADMIN to build each interpreter's
+    namespaces; see ``_zygote.py``."""
     bwrap = shutil.which("bwrap") or "bwrap"
     exe, binds = _python_binds()
     cmd = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
     if as_root:
         cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        if zygote:
+            cmd += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_KILL"]
     else:
         cmd += ["--unshare-user"]
     cmd += ["--ro-bind", "/usr", "/usr"]
@@ -113,12 +123,18 @@ def bwrap_command(scratch: str, worker_args: list[str], env: dict[str, str], cfg
     for d in binds:
         cmd += ["--ro-bind", d, d]
     cmd += ["--ro-bind", WORKER_PATH, SANDBOX_WORKER, "--ro-bind", PROTOCOL_PATH, SANDBOX_PROTOCOL,
-            "--ro-bind", SECCOMP_PATH, SANDBOX_SECCOMP,
-            "--proc", "/proc", "--dev", "/dev",
-            "--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--clearenv"]
+            "--ro-bind", SECCOMP_PATH, SANDBOX_SECCOMP, "--proc", "/proc", "--dev", "/dev"]
+    if zygote:
+        cmd += ["--ro-bind", WORKER_PATH, SANDBOX_ZYGOTE_WORKER, "--ro-bind", ZYGOTE_PATH,
+                SANDBOX_ZYGOTE, "--bind", scratch, SANDBOX_SCRATCHES, "--dir", SANDBOX_SCRATCH,
+                "--chdir", "/"]
+    else:
+        cmd += ["--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH]
+    cmd += ["--clearenv"]
     for key, value in env.items():
         cmd += ["--setenv", key, value]
-    return cmd + ["--", exe, "-s", "-B", SANDBOX_WORKER] + worker_args
+    script = SANDBOX_ZYGOTE if zygote else SANDBOX_WORKER
+    return cmd + ["--", exe, "-s", "-B", script] + worker_args
 
 
 def sandbox_env(home: str, cfg: SandboxConfig, tmp: str = "/tmp") -> dict[str, str]:
@@ -149,7 +165,8 @@ def _probe_bwrap() -> str:
 
 
 def resolve_mode(requested: str) -> str:
-    """'bwrap' or 'subprocess'; 'bwrap' that cannot run raises, 'auto' falls back loudly once."""
+    """'bwrap' or 'subprocess'. 'bwrap' that cannot run raises; 'auto' then falls back loudly
+    (once) as root, and raises as non-root, where the fallback cannot isolate (docs/tools.md)."""
     global _warned
     if requested not in ("auto", "bwrap", "subprocess"):
         raise ValueError(f"sandbox must be auto, bwrap or subprocess, not {requested!r}")
@@ -162,12 +179,20 @@ def resolve_mode(requested: str) -> str:
     if not why:
         return "bwrap"
     if requested == "bwrap":
-        raise SandboxError(f"sandbox='bwrap' but bubblewrap cannot run here: {why}")
+        raise SandboxError(f"tools.python.sandbox=bwrap but bubblewrap cannot run here: {why}")
+    if os.geteuid() != 0:
+        raise SandboxError(
+            f"tools.python.sandbox=auto: bubblewrap cannot run here ({why}), and the subprocess "
+            "fallback cannot isolate as non-root (no uid drop: model code could read this "
+            "process's environment through /proc, signal it, reach loopback services and leave "
+            "processes running). Make bubblewrap work (apt-get install bubblewrap; allow "
+            "unprivileged user namespaces) or set tools.python.sandbox=subprocess to accept that.")
     if not _warned:
         _warned = True
-        msg = ("!!! METIS PYTHON TOOL IS NOT SANDBOXED: bubblewrap cannot run here (" + why +
-               "). Falling back to a plain subprocess with resource limits and a cleared env: "
-               "model code can read world-readable files and use the network. !!!")
+        msg = ("!!! METIS PYTHON TOOL IS NOT SANDBOXED BY BUBBLEWRAP: it cannot run here (" + why +
+               "). Falling back to a subprocess as its own uid with resource limits, a cleared "
+               "env, the seccomp filter, private /tmp and network, and a /proc showing only its "
+               "own processes: model code can still read world-readable host files. !!!")
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return "subprocess"
@@ -202,3 +227,13 @@ def fallback_namespaces(scratch: str, tmpfs_mb: int) -> None:
     os.close(keep)
     os.chdir(scratch)
     check(libc.mount(b"proc", b"/proc", b"proc", 2 | 4 | 8, b"hidepid=2"), "mount /proc")
+
+
+def isolating_modes() -> list[str]:
+    """The modes that isolate trajectories here: ``bwrap`` where it runs, ``subprocess`` as
+    root (its own uid); for tests and benchmarks that run every mode."""
+    try:
+        modes = ["bwrap"] if resolve_mode("bwrap") == "bwrap" else []
+    except SandboxError:
+        modes = []
+    return modes + (["subprocess"] if os.geteuid() == 0 else [])

@@ -12,7 +12,8 @@ import uuid
 import pytest
 
 from metis.tools import PythonTool
-from metis.tools import isolation, sandbox
+from metis.tools import sandbox
+from metis.tools.isolation import isolating_modes
 
 PLANT = r"""
 import builtins, ctypes, json, os, subprocess, sys, types
@@ -95,17 +96,7 @@ print("FOUND" + json.dumps(sorted(k for k, v in places.items() if S in v)), len(
 """
 
 
-def _modes() -> list[str]:
-    modes = []
-    try:
-        if isolation.resolve_mode("bwrap") == "bwrap":
-            modes.append("bwrap")
-    except Exception:
-        pass
-    return modes + (["subprocess"] if os.geteuid() == 0 else [])
-
-
-@pytest.mark.parametrize("mode", _modes())
+@pytest.mark.parametrize("mode", isolating_modes())
 def test_a_secret_left_by_a_is_not_found_by_b_on_the_same_uid(mode, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("reusing a sandbox uid needs root")

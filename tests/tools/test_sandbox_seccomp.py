@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import struct
 
 import pytest
 
 from metis.tools import PythonTool
 from metis.tools import _seccomp
-from metis.tools import isolation
+from metis.tools.isolation import isolating_modes
 
 ALLOW, KILL = 0x7FFF0000, 0x80000000
 EPERM, ENOSYS = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
@@ -95,18 +94,6 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def _modes() -> list[str]:
-    modes = []
-    try:
-        if isolation.resolve_mode("bwrap") == "bwrap":
-            modes.append("bwrap")
-    except Exception:
-        pass
-    if os.geteuid() == 0:  # non-root, the fallback is only run on explicit request (docs)
-        modes.append("subprocess")
-    return modes
-
-
 _results: dict[str, dict] = {}
 
 
@@ -125,7 +112,7 @@ def _probe(mode: str) -> dict:
     return _results[mode]
 
 
-@pytest.mark.parametrize("mode", _modes())
+@pytest.mark.parametrize("mode", isolating_modes())
 @pytest.mark.parametrize("name", _seccomp.DENIED + ["clone", "clone3"])
 def test_denied_call_inside_the_sandbox(mode, name):
     res = _probe(mode)
@@ -136,6 +123,6 @@ def test_denied_call_inside_the_sandbox(mode, name):
     assert res[name] == want, (name, res[name])
 
 
-@pytest.mark.parametrize("mode", _modes())
+@pytest.mark.parametrize("mode", isolating_modes())
 def test_plain_fork_still_works(mode):
     assert _probe(mode)["fork"] == 0
