@@ -163,7 +163,11 @@ class AgentLoop:
         if isinstance(call, ParseError):
             return {"tool": None, "arguments": None, "text": error_observation(call.message), "images": [],
                     "error": "parse_error"}
-        obs = self.toolbox.execute(traj.traj_id, call.name, call.arguments)
+        try:  # a tool that raises anyway costs this call, never the step
+            obs = self.toolbox.execute(traj.traj_id, call.name, call.arguments)
+        except Exception as exc:  # noqa: BLE001
+            return {"tool": call.name, "arguments": call.arguments, "images": [], "error": "execution_error",
+                    "text": error_observation(f"{type(exc).__name__}: {str(exc)[:500]}")}
         return {"tool": call.name, "arguments": call.arguments, "text": obs.text, "images": list(obs.images),
                 "error": obs.error}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ VISION_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"
 # observation, reopen the assistant turn. All of it is masked out of the loss.
 OBSERVATION_TEMPLATE = "<|im_end|>\n<|im_start|>user\n{obs}<|im_end|>\n<|im_start|>assistant\n"
 
-_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+# Bounds on one call's JSON (a 4096-token turn is far below both): a payload over MAX_CALL_CHARS
+# or nested deeper than MAX_CALL_DEPTH is a parse error before json.loads sees it, so parsing is
+# linear in the turn length and never recurses deeply (RecursionError) or stalls.
+MAX_CALL_CHARS = 256 << 10
+MAX_CALL_DEPTH = 64
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
 
 
 def build_system_prompt(tool_specs: list[dict[str, Any]]) -> str:
@@ -52,16 +60,61 @@ class ParseError:
     message: str
 
 
-def parse_tool_call(turn_text: str) -> ToolCall | ParseError:
-    """Parse the last ``<tool_call>{json}</tool_call>`` of a model turn. Never raises."""
-    matches = _TOOL_CALL_RE.findall(turn_text)
-    if not matches:
-        return ParseError("no <tool_call>...</tool_call> block found")
-    payload = matches[-1].strip()
+def last_tool_call_block(turn_text: str) -> str | None:
+    """The payload of the last ``<tool_call>...</tool_call>`` block (blocks are taken left to
+    right, each closed by the first closer after its opener, like a non-greedy regex), or None.
+    Linear in ``len(turn_text)``: every search starts where the previous one ended."""
+    last, pos = None, 0
+    while True:
+        start = turn_text.find(TOOL_CALL_OPEN, pos)
+        if start < 0:
+            return last
+        start += len(TOOL_CALL_OPEN)
+        end = turn_text.find(TOOL_CALL_CLOSE, start)
+        if end < 0:
+            return last
+        last, pos = turn_text[start:end], end + len(TOOL_CALL_CLOSE)
+
+
+def json_depth(text: str) -> int:
+    """Maximum bracket nesting of JSON ``text`` outside string literals; linear, C-speed steps.
+
+    Escaped backslashes, then escaped quotes, are removed (JSON escapes read left to right), so
+    every remaining quote delimits a string: the even pieces of a split on quotes are outside."""
+    outside = "".join(text.replace("\\\\", "").replace('\\"', "").split('"')[::2])
+    brackets = _NOT_BRACKET_RE.sub("", outside)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets), initial=0))
+
+
+def _load_json(payload: str, what: str) -> Any:
+    """``json.loads`` within the size/depth bounds; ParseError on anything it cannot take."""
+    if len(payload) > MAX_CALL_CHARS:
+        return ParseError(f"{what} is over {MAX_CALL_CHARS} characters")
+    if json_depth(payload) > MAX_CALL_DEPTH:
+        return ParseError(f"{what} is nested deeper than {MAX_CALL_DEPTH} levels")
     try:
-        call = json.loads(payload)
-    except (json.JSONDecodeError, RecursionError) as err:
-        return ParseError(f"tool call is not valid JSON ({err.__class__.__name__}: {str(err)[:200]})")
+        return json.loads(payload)
+    except (ValueError, RecursionError, MemoryError) as err:  # incl. ints over 4,300 digits
+        return ParseError(f"{what} is not valid JSON ({err.__class__.__name__}: {str(err)[:200]})")
+
+
+def parse_tool_call(turn_text: str) -> ToolCall | ParseError:
+    """Parse the last ``<tool_call>{json}</tool_call>`` of a model turn.
+
+    Never raises, is linear in the turn length and bounded in size and nesting (above)."""
+    try:
+        return _parse_tool_call(turn_text)
+    except Exception as err:  # noqa: BLE001 - the contract is "never raises"
+        return ParseError(f"tool call could not be parsed ({err.__class__.__name__})")
+
+
+def _parse_tool_call(turn_text: str) -> ToolCall | ParseError:
+    payload = last_tool_call_block(turn_text) if isinstance(turn_text, str) else None
+    if payload is None:
+        return ParseError("no <tool_call>...</tool_call> block found")
+    call = _load_json(payload.strip(), "tool call")
+    if isinstance(call, ParseError):
+        return call
     if not isinstance(call, dict):
         return ParseError("tool call must be a JSON object with 'name' and 'arguments'")
     name = call.get("name")
@@ -69,10 +122,9 @@ def parse_tool_call(turn_text: str) -> ToolCall | ParseError:
         return ParseError("tool call needs a string 'name'")
     arguments = call.get("arguments", {})
     if isinstance(arguments, str):  # some models emit the arguments JSON-encoded twice
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return ParseError("'arguments' is a string that is not JSON")
+        arguments = _load_json(arguments, "'arguments' (a JSON string)")
+        if isinstance(arguments, ParseError):
+            return arguments
     if not isinstance(arguments, dict):
         return ParseError("'arguments' must be a JSON object")
     return ToolCall(name=name, arguments=arguments)

@@ -20,6 +20,7 @@ import sys
 import traceback
 from typing import Any
 
+import _seccomp  # type: ignore  # noqa: E402
 from _sandbox_protocol import (decode_image, encode_image, read_message,  # type: ignore
                                 smart_resize, write_message)
 
@@ -69,7 +70,7 @@ def _set_limits(cfg: dict) -> None:
         resource.RLIMIT_CORE: 0,
     }
     for which, value in limits.items():
-        if value and value > 0:
+        if (value and value > 0) or which == resource.RLIMIT_CORE:  # CORE 0: no core dumps
             hard = value + 5 if which == resource.RLIMIT_CPU else value
             try:
                 resource.setrlimit(which, (value, hard))
@@ -77,7 +78,7 @@ def _set_limits(cfg: dict) -> None:
                 pass
 
 
-def _drop_privileges(cfg: dict) -> None:
+def _drop_privileges(cfg: dict, deathsig: bool = True) -> None:
     """Become the sandbox uid (when started as root) and re-arm the parent-death signal."""
     import ctypes
 
@@ -87,7 +88,8 @@ def _drop_privileges(cfg: dict) -> None:
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     try:  # changing credentials cleared PR_SET_PDEATHSIG (1): arm it again (SIGKILL = 9)
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+        if deathsig:
+            ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
     except Exception:
         pass
     if cfg.get("parent_pid") and os.getppid() != cfg["parent_pid"]:
@@ -306,16 +308,59 @@ class _Runner:
             return f"{type(exc).__name__}\n"
 
 
+def _signal_others(cfg: dict, sig: int) -> None:
+    """kill(-1, sig): every other process this uid may signal — in its own pid namespace or as
+    its own uid, exactly the sandbox's processes (``cfg["freeze"]`` says so)."""
+    if cfg.get("freeze"):
+        try:
+            os.kill(-1, sig)
+        except OSError:
+            pass  # ESRCH: there are none
+
+
+def confine(cfg: dict, deathsig: bool = True) -> None:
+    """Limits, the uid drop and the seccomp filter: what every sandbox process gets before any
+    model code runs (the fork server's namespace init too)."""
+    _set_limits(cfg)
+    try:  # under memory pressure the kernel kills sandboxes first, never the trainer
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
+    _drop_privileges(cfg, deathsig)
+    if cfg.get("seccomp", True):
+        try:
+            _seccomp.install()  # after the drop (setresuid), before any model code
+        except OSError as exc:
+            sys.stderr.write(f"cannot install the seccomp filter: {exc}\n")
+            os._exit(4)
+
+
+def preload(cfg: dict) -> _Runner:
+    """Import numpy, PIL, matplotlib (+ backend and fonts) and the preloaded stdlib modules."""
+    return _Runner(cfg)
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     if cfg.get("guard"):
         _guard(cfg)
+    serve(cfg)
+
+
+def serve(cfg: dict, runner: _Runner | None = None) -> None:
+    """Speak the protocol on fds 0/1 until the parent closes them; never returns. ``runner``:
+    one made by ``preload`` before a fork (nothing ran in it yet), to skip the imports."""
     proto_in, proto_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     _set_limits(cfg)
-    runner = _Runner(cfg)  # imports happen before the drop: the uid may not reach the stdlib
-    _drop_privileges(cfg)
+    if runner is None:
+        runner = _Runner(cfg)  # imports happen before the drop: the uid may not reach the stdlib
+    else:
+        runner.cfg, runner.main_pid = cfg, os.getpid()
+        runner.limit = int(cfg.get("max_output_chars", 4000))
+    confine(cfg)
     runner.open_output_file()
     os.dup2(runner.fd_out, 1)
     os.dup2(runner.fd_out, 2)
@@ -330,8 +375,10 @@ def main() -> None:
         out_blobs: list[bytes] = []
         try:
             if op == "exec":
+                _signal_others(cfg, 18)  # SIGCONT: what model code left running goes on
                 reply = runner.run(str(msg.get("code", "")))
                 out_blobs = runner.blobs
+                _signal_others(cfg, 19)  # SIGSTOP: no CPU between calls
             elif op == "init":
                 runner.load_images(list(msg.get("images", [])), blobs)
                 reply = {"ok": True}

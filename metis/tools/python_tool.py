@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import time
@@ -34,6 +35,9 @@ from metis.tools.pool import InterpreterPool
 from metis.tools._sandbox_protocol import decode_image
 from metis.tools.sandbox import (Interpreter, SandboxConfig, SandboxError, resolve_mode,
                                  sweep_stale_scratch)
+from metis.tools.uid_lease import check_uid_range
+from metis.tools.watchdog import sandbox_memory_usage
+from metis.tools.zygote import ForkedInterpreter, Zygote
 
 log = logging.getLogger("metis.tools.python")
 _instances: weakref.WeakSet[PythonTool] = weakref.WeakSet()
@@ -70,7 +74,9 @@ class PythonTool(Tool):
                  max_processes: int = 64, max_file_mb: int = 64, tmpfs_mb: int = 256,
                  max_output_chars: int = 4000, max_images_per_call: int = 8,
                  min_pixels: int = 4096, max_pixels: int = 5120 * 32 * 32,
-                 capture_open_figures: bool = True, scratch_root: str | None = None) -> None:
+                 capture_open_figures: bool = True, scratch_root: str | None = None,
+                 fork_server: bool = True, uid_base: int = 200_000,
+                 sandbox_memory_mb: int = 2048) -> None:
         self.timeout_s = float(timeout_s)
         self.eager_start = eager_start
         self.max_live = max(1, int(max_live_interpreters))
@@ -79,11 +85,15 @@ class PythonTool(Tool):
             max_file_mb=max_file_mb, tmpfs_mb=tmpfs_mb, scratch_root=scratch_root,
             max_output_chars=max_output_chars, max_images_per_call=max_images_per_call,
             min_pixels=min_pixels, max_pixels=max_pixels,
-            capture_open_figures=capture_open_figures)
+            capture_open_figures=capture_open_figures, uid_base=uid_base)
         self.mode = resolve_mode(sandbox)
+        if os.geteuid() == 0:
+            check_uid_range(self.config.uid_base)
         sweep_stale_scratch(scratch_root)
-        self.pool = InterpreterPool(lambda: Interpreter(self.config, self.mode), pool_size,
-                                    startup_timeout_s)
+        # bwrap as root: fork each interpreter from one pre-imported zygote (zygote.py)
+        self.zygote = (Zygote(self.config, startup_timeout_s)
+                       if fork_server and self.mode == "bwrap" and os.geteuid() == 0 else None)
+        self.pool = InterpreterPool(self._new_interpreter, pool_size, startup_timeout_s)
         self._trajs: dict[str, _Traj] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -91,7 +101,39 @@ class PythonTool(Tool):
         self._reaper = threading.Thread(target=self._reap_loop, name="metis-python-reaper",
                                         daemon=True)
         self._reaper.start()
+        self.sandbox_memory_mb = int(sandbox_memory_mb)
+        self._stop_watch = threading.Event()
+        if os.geteuid() == 0 and self.sandbox_memory_mb > 0:  # sandboxes are told apart by uid
+            threading.Thread(target=self._watch_loop, name="metis-python-memory",
+                             daemon=True).start()
         _instances.add(self)
+
+    def _watch_loop(self, interval_s: float = 0.25) -> None:
+        """Kill a sandbox whose processes + /tmp hold more than ``sandbox_memory_mb``."""
+        budget = self.sandbox_memory_mb << 20
+        while not self._stop_watch.wait(interval_s):
+            with self._lock:
+                interps = [t.interp for t in self._trajs.values()
+                           if t.interp is not None and not t.interp.dead and t.interp.uid is not None]
+            if not interps:
+                continue
+            try:
+                usage = sandbox_memory_usage({i.uid for i in interps}, {i.uid: True for i in interps})
+                for interp in interps:
+                    used = usage.get(interp.uid, 0)
+                    if used > budget and not interp.dead:
+                        interp.over_budget = (
+                            f"the sandbox held {used >> 20} MiB (its processes + /tmp), over "
+                            f"tools.python.sandbox_memory_mb={self.sandbox_memory_mb}, and was "
+                            "stopped")
+                        interp.stop_processes()  # the call in flight sees EOF; fds stay its own
+            except Exception as exc:  # noqa: BLE001 - the watchdog must keep watching
+                log.error("python tool: memory watchdog: %s", exc)
+
+    def _new_interpreter(self) -> Interpreter:
+        if self.zygote is not None:
+            return ForkedInterpreter(self.config, self.zygote)
+        return Interpreter(self.config, self.mode)
 
     def _reap_loop(self) -> None:
         """Stops finished interpreters off the caller's path (end() returns at once)."""
@@ -99,7 +141,10 @@ class PythonTool(Tool):
             interp = self._reap_queue.get()
             if interp is None:
                 return
-            interp.kill()
+            try:  # this thread must outlive any one failure (a failed fork, say)
+                interp.kill()
+            except Exception as exc:  # noqa: BLE001
+                log.error("python tool: stopping an interpreter failed: %s", exc)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, traj_id: str, images: list[Image.Image],
@@ -124,6 +169,7 @@ class PythonTool(Tool):
             self._reap_queue.put(traj.interp)
 
     def close(self) -> None:
+        self._stop_watch.set()
         with self._lock:
             self._closed = True
             trajs, self._trajs = list(self._trajs.values()), {}
@@ -134,6 +180,8 @@ class PythonTool(Tool):
         if threading.current_thread() is not self._reaper:
             self._reaper.join(timeout=30)
         self.pool.close()
+        if self.zygote is not None:
+            self.zygote.close()
 
     # -- calls ----------------------------------------------------------------------------------
     def call(self, traj_id: str, arguments: dict) -> Observation:
@@ -161,9 +209,10 @@ class PythonTool(Tool):
                     "timeout", f"{HEADER}{note}TimeoutError: the code ran longer than "
                     f"{self.timeout_s:g} s and was stopped. {STATE_LOST}\n", time.monotonic() - t0)
             except SandboxError as exc:
+                why = getattr(traj.interp, "over_budget", "") or str(exc)
                 traj.interp, traj.note = None, ""
                 return error_observation(
-                    "execution_error", f"{HEADER}{note}The interpreter stopped ({exc}). "
+                    "execution_error", f"{HEADER}{note}The interpreter stopped ({why}). "
                     f"{STATE_LOST}\n", time.monotonic() - t0)
             finally:
                 traj.last_used = time.monotonic()

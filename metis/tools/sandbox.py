@@ -11,18 +11,24 @@ Isolation model (see docs/tools.md):
   runs, so that RLIMIT_NPROC (which never applies to uid 0) contains fork bombs. As non-root, an
   unprivileged user namespace is used and the limits apply inside it.
 * ``subprocess`` mode (fallback): the same worker with the same rlimits, uid drop (as root), a
-  cleared env and PR_SET_PDEATHSIG, but no filesystem or network isolation. Teardown kills every
-  process of the interpreter's uid (as root).
+  cleared env and PR_SET_PDEATHSIG; as root also private mount/ipc/net/uts namespaces, a private
+  /tmp and /dev/shm and a hidepid /proc (``isolation.fallback_namespaces``), but the host
+  filesystem stays readable. Teardown kills every process of the interpreter's uid (as root).
+* Every mode: the seccomp filter of ``_seccomp.py`` and no_new_privs before model code runs;
+  processes other than the worker are stopped between calls (where its own pid namespace or
+  uid tells them apart); replies are capped to what a genuine one can hold (``reply_budget``).
+  With ``fork_server`` (bwrap as root) interpreters are forked by ``zygote.py`` instead.
 
-Deliberate simplifications: no seccomp filter, no cgroup (so memory is capped per process, not
-per sandbox: ``max_processes * memory_mb`` is the worst case), scratch dirs live on the host's
-temp filesystem and are capped only per file (RLIMIT_FSIZE).
+Deliberate simplifications: no cgroup (memory per sandbox is a watchdog in ``PythonTool``, as
+root); scratch dirs live on the host's temp filesystem and are capped only per file
+(RLIMIT_FSIZE).
 """
 
 from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -40,7 +46,8 @@ from typing import Any
 
 from metis.tools._sandbox_protocol import BLOB, HEADER, encode_frames, encode_image
 from metis.tools.isolation import (SANDBOX_SCRATCH, WORKER_PATH, SandboxConfig, SandboxError,
-                                   bwrap_command, resolve_mode, sandbox_env)
+                                   bwrap_command, fallback_namespaces, resolve_mode,
+                                   sandbox_env)
 from metis.tools.uid_lease import lease_uid, release_uid
 
 __all__ = ["Interpreter", "SandboxConfig", "SandboxError", "kill_uid", "resolve_mode",
@@ -81,14 +88,35 @@ def sweep_stale_scratch(root: str | None = None) -> int:
     return removed
 
 
-def _fallback_preexec() -> None:
+def _fallback_preexec(scratch: str | None = None, tmpfs_mb: int = 0) -> None:
     os.setsid()
+    if scratch is not None:
+        fallback_namespaces(scratch, tmpfs_mb)
     try:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def file_tail(fh: Any, n: int = 2000) -> str:
+    """The last ``n`` bytes of an open file as text ('' when it is closed or unreadable)."""
+    try:
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, n, max(0, size - n)).decode("utf-8", "replace").strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def reply_budget(cfg: SandboxConfig, images: bool = True) -> int:
+    """Most bytes a genuine reply can take: stdout, stderr and the error, each at most
+    ``max_output_chars`` (+ a note) at <= 6 bytes a character in JSON, and at most
+    ``max_images_per_call`` images of <= ``max_pixels`` RGB pixels. Model code that writes its
+    own frames to the protocol pipe cannot make the parent read more than this."""
+    text = 3 * 6 * (cfg.max_output_chars + 100) + 4096
+    return text + (cfg.max_images_per_call * (3 * cfg.max_pixels + 8) if images else 0)
 
 
 class Interpreter:
@@ -111,7 +139,8 @@ class Interpreter:
         self._log = tempfile.TemporaryFile(dir=cfg.scratch_root)  # anonymous: never left behind
         wcfg = {k: v for k, v in asdict(cfg).items() if k not in ("extra_env", "scratch_root")}
         wcfg.update(uid=self.uid, gid=self.uid, parent_pid=None if mode == "bwrap" else os.getpid(),
-                    guard=mode != "bwrap" and self.uid is not None)
+                    guard=mode != "bwrap" and self.uid is not None,
+                    freeze=mode == "bwrap" or self.uid is not None)
         args = [json.dumps(wcfg)]
         if mode == "bwrap":
             cmd = bwrap_command(self.scratch, args, sandbox_env(SANDBOX_SCRATCH, cfg), cfg,
@@ -121,7 +150,8 @@ class Interpreter:
         else:
             cmd = [os.path.realpath(sys.executable), "-s", "-B", WORKER_PATH] + args
             popen_env = sandbox_env(self.scratch, cfg, tmp=self.scratch)
-            preexec = _fallback_preexec
+            preexec = (functools.partial(_fallback_preexec, self.scratch, cfg.tmpfs_mb)
+                       if self.as_root else _fallback_preexec)
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self._log, env=popen_env, cwd=self.scratch,
@@ -148,12 +178,13 @@ class Interpreter:
 
     # -- framing with deadlines ---------------------------------------------------------------
     def _recv(self, deadline: float) -> tuple[dict, list[bytes]]:
-        budget = [self.cfg.max_message_mb << 20]
+        cfg = self.cfg
+        budget = [min(cfg.max_message_mb << 20, reply_budget(cfg))]
 
         def read(n: int) -> bytes:
             budget[0] -= n
             if budget[0] < 0:
-                raise SandboxError("reply is over the size limit")
+                raise SandboxError("reply is over the size limit (a forged frame?)")
             buf = bytearray(n)
             view, got = memoryview(buf), 0
             while got < n:
@@ -167,8 +198,8 @@ class Interpreter:
             return bytes(buf)
 
         size, n_blobs = HEADER.unpack(read(HEADER.size))
-        if n_blobs > 64:
-            raise SandboxError("reply has too many attachments")
+        if n_blobs > cfg.max_images_per_call or size > reply_budget(cfg, images=False):
+            raise SandboxError("reply is over the size limit (a forged frame?)")
         try:
             msg = json.loads(read(size))
         except ValueError as exc:
@@ -217,12 +248,7 @@ class Interpreter:
 
     def startup_log(self) -> str:
         """The tail of what the process wrote to stderr before the worker redirected it."""
-        try:
-            fd = self._log.fileno()
-            size = os.fstat(fd).st_size
-            return os.pread(fd, 2000, max(0, size - 2000)).decode("utf-8", "replace").strip()
-        except (OSError, ValueError):
-            return ""
+        return file_tail(self._log)
 
     def request(self, msg: dict, timeout: float,
                 blobs: list[bytes] | None = None) -> tuple[dict, list[bytes]]:
@@ -247,6 +273,12 @@ class Interpreter:
     def alive(self) -> bool:
         return not self.dead and self.proc.poll() is None
 
+    def stop_processes(self) -> None:
+        """SIGKILL the sandbox's processes but leave the pipes to the caller (safe from any
+        thread: a call in flight then reads EOF and cleans up with ``kill``)."""
+        if self.uid is not None:
+            kill_uid(self.uid)
+
     def kill(self) -> None:
         """Kill the interpreter and everything it started; remove its scratch dir. Idempotent."""
         if self.dead:
@@ -262,8 +294,7 @@ class Interpreter:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        if self.uid is not None:  # a unique uid: also reaps anything that outran the namespace
-            kill_uid(self.uid)
+        if self.uid is not None and kill_uid(self.uid):  # also what outran the namespace
             release_uid(self.uid)
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
@@ -306,9 +337,21 @@ def _kill_bwrap_children(pid: int) -> None:
             pass
 
 
-def kill_uid(uid: int) -> None:
-    """SIGKILL every process of ``uid``: kill(-1) from a forked helper running as that uid."""
-    pid = os.fork()
+def kill_uid(uid: int, tries: int = 20) -> bool:
+    """SIGKILL every process of ``uid``: kill(-1) from a forked helper running as that uid.
+
+    A failed ``fork`` (EAGAIN/ENOMEM under pressure) is retried with back-off; False when it
+    never succeeded: the caller must then not hand the uid to another sandbox."""
+    for attempt in range(tries):
+        try:
+            pid = os.fork()
+            break
+        except OSError as exc:
+            log.warning("kill_uid(%d): fork failed (%s); retrying", uid, exc)
+            time.sleep(min(1.0, 0.01 * 2 ** attempt))
+    else:
+        log.error("kill_uid(%d): could not fork a helper; the uid stays leased", uid)
+        return False
     if pid == 0:  # pragma: no cover - child
         try:
             os.setgroups([])
@@ -318,6 +361,7 @@ def kill_uid(uid: int) -> None:
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
+    return True
 
 
 @atexit.register

@@ -51,6 +51,15 @@ def truncate_observation(obs: Observation, max_chars: int) -> Observation:
     return Observation(text=text, images=images, error=obs.error, latency_s=obs.latency_s)
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, cut to 2,000 characters; never raises (a hostile
+    ``__str__`` or a message too large to format still gives the type)."""
+    try:
+        return f"{type(exc).__name__}: {str(exc)[:2000]}"[:2000]
+    except Exception:  # noqa: BLE001
+        return type(exc).__name__
+
+
 class _Stats:
     def __init__(self) -> None:
         self.calls = 0
@@ -111,7 +120,7 @@ class ToolBox:
         except BaseException as exc:  # noqa: BLE001 - the contract is "never raises"
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            obs, key = error_observation("execution_error", f"Tool error: {exc!r}"[:2000]), "_toolbox"
+            obs, key = error_observation("execution_error", f"Tool error: {_describe(exc)}"), "_toolbox"
         obs.latency_s = obs.latency_s or (time.monotonic() - t0)
         with self._lock:
             stats = self._stats[key]
@@ -146,8 +155,7 @@ class ToolBox:
                 obs.error = "execution_error"
         except Exception as exc:  # noqa: BLE001
             log.exception("tool %s raised", tool.name)
-            obs = error_observation("execution_error", f"Tool {tool.name} failed: "
-                                    f"{type(exc).__name__}: {exc}"[:2000])
+            obs = error_observation("execution_error", f"Tool {tool.name} failed: {_describe(exc)}")
         return truncate_observation(obs, self.max_chars), tool.name
 
     def end(self, traj_id: str) -> None:

@@ -64,3 +64,38 @@ def release_uid(uid: int) -> None:
 def held_uids() -> set[int]:
     with _lock:
         return set(_held)
+
+
+@functools.lru_cache(maxsize=None)
+def check_uid_range(base: int, span: int = UID_SPAN,
+                    id_files: tuple[str, ...] = ("/etc/passwd", "/etc/group"),
+                    subid_files: tuple[str, ...] = ("/etc/subuid", "/etc/subgid")) -> None:
+    """SandboxError when ``[base, base + span)`` holds an existing user or group id, or overlaps
+    a subordinate-id range: killing "every process of the sandbox uid" would then hit them."""
+    end = base + span
+    clashes = []
+    for path in id_files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    parts = line.split(":")
+                    if len(parts) > 2 and parts[2].isdigit() and base <= int(parts[2]) < end:
+                        clashes.append(f"{parts[0]} (id {parts[2]} in {path})")
+        except OSError:
+            continue
+    for path in subid_files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    parts = line.strip().split(":")
+                    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                        lo, n = int(parts[1]), int(parts[2])
+                        if lo < end and base < lo + n:
+                            clashes.append(f"{parts[0]}'s subordinate ids {lo}-{lo + n - 1} "
+                                           f"({path})")
+        except OSError:
+            continue
+    if clashes:
+        raise SandboxError(
+            f"the sandbox uid range {base}-{end - 1} (tools.python.uid_base) is in use: "
+            + "; ".join(clashes[:5]) + ". Pick a free range.")

@@ -278,6 +278,7 @@ def test_killing_bwrap_during_setup_leaves_no_stuck_init(tmp_path):
 def test_auto_falls_back_loudly_once(monkeypatch):
     monkeypatch.setattr(sandbox_mod, "_mode_cache", {"bwrap": ("", "bwrap is not installed")})
     monkeypatch.setattr(sandbox_mod, "_warned", False)
+    monkeypatch.setattr(sandbox_mod.os, "geteuid", lambda: 0)  # as root (non-root: below)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert sandbox_mod.resolve_mode("auto") == "subprocess"
@@ -285,3 +286,15 @@ def test_auto_falls_back_loudly_once(monkeypatch):
     assert len([w for w in caught if "NOT SANDBOXED" in str(w.message)]) == 1
     with pytest.raises(sandbox_mod.SandboxError):
         sandbox_mod.resolve_mode("bwrap")
+
+
+def test_auto_refuses_the_fallback_as_non_root(monkeypatch):
+    """As non-root the fallback drops no uid: auto stops, naming the setting and the reason;
+    only an explicit sandbox=subprocess accepts it."""
+    monkeypatch.setattr(sandbox_mod, "_mode_cache", {"bwrap": ("", "bwrap is not installed")})
+    monkeypatch.setattr(sandbox_mod.os, "geteuid", lambda: 1000)
+    with pytest.raises(sandbox_mod.SandboxError) as err:
+        sandbox_mod.resolve_mode("auto")
+    assert "tools.python.sandbox" in str(err.value) and "bwrap is not installed" in str(err.value)
+    assert "no uid drop" in str(err.value)
+    assert sandbox_mod.resolve_mode("subprocess") == "subprocess"

@@ -102,7 +102,8 @@ def test_trajectories_are_isolated_and_cleaned_up(box, tool):
     obs = run(box, "b", "import os\nprint('secret' in globals(), os.path.exists('note.txt'))")
     assert obs.text.endswith("False False\n")
     interp = tool._trajs["a"].interp
-    scratch, pid = interp.scratch, interp.proc.pid
+    scratch = interp.scratch
+    pid = interp.proc.pid if interp.proc is not None else None  # None: forked by the zygote
     assert os.path.isdir(scratch)
     box.end("a")
     box.end("b")
@@ -110,7 +111,19 @@ def test_trajectories_are_isolated_and_cleaned_up(box, tool):
     while os.path.exists(scratch) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not os.path.exists(scratch)
-    assert interp.proc.poll() is not None and not os.path.exists(f"/proc/{pid}")
+    assert not interp.alive
+    if pid is not None:
+        assert interp.proc.poll() is not None and not os.path.exists(f"/proc/{pid}")
+    if interp.uid is not None:  # every process of the sandbox uid is gone
+        def uid_of(entry):
+            try:
+                with open(f"/proc/{entry}/status") as fh:
+                    return next(int(ln.split()[1]) for ln in fh if ln.startswith("Uid:"))
+            except (OSError, StopIteration):
+                return None
+        while any(uid_of(e) == interp.uid for e in os.listdir("/proc") if e.isdigit()):
+            assert time.monotonic() < deadline + 5
+            time.sleep(0.05)
 
 
 def test_interpreters_survive_the_thread_that_asked_for_them():
