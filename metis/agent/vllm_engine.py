@@ -192,7 +192,7 @@ class VLLMEngine:
         banned = {i: BANNED_BIAS for i in suppressed_ids(self.processor.tokenizer) if i not in stop_ids}
         return SamplingParams(
             max_tokens=max_new_tokens, stop_token_ids=list(stop_ids), temperature=0.0 if greedy else self.temperature,
-            top_p=1.0 if greedy else self.top_p, top_k=-1 if greedy or not self.top_k else self.top_k,
+            top_p=1.0 if greedy else self.top_p, top_k=0 if greedy or not self.top_k else self.top_k,  # 0: off
             logprobs=0, detokenize=False, skip_special_tokens=False, logit_bias=banned or None,
             output_kind=RequestOutputKind.FINAL_ONLY)
 
