@@ -83,9 +83,10 @@ def run(kind: str, model, processor, device, trajectories: int, image_side: int,
     turns = turns or (MIXED * trajectories)[: max(1, trajectories // 4)]
     tasks = make_tasks(turns, image_size=image_side)
     n = max(1, trajectories // len(tasks))
-    if prompt_pad:  # long prompts: a question of ~prompt_pad tokens
+    if prompt_pad:  # long prompts: ~prompt_pad more tokens of question
+        per_word = len(processor.tokenizer(" fill" * 100, add_special_tokens=False)["input_ids"]) / 100
         for t in tasks:
-            t.question = t.question + " " + "fill " * prompt_pad
+            t.question = t.question + " fill" * int(prompt_pad / per_word)
     engine = engine_for(kind, processor, model_dir)
     engine.bind(model, processor)
     free = kind == "vllm"
