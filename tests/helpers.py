@@ -142,6 +142,16 @@ def make_task():
                 answer="42", verifier="numeric", needs_tool=False)
 
 
+def tasks_with_turns(turns):
+    """Tasks whose questions carry a ``(k=N)`` marker: bench's ScriptedToolCalls makes N tool calls."""
+    out = []
+    for i, k in enumerate(turns):
+        t = make_task()
+        t.id, t.question = f"t{i}", f"<image>What is {6 + i} * 7? (k={k})"
+        out.append(t)
+    return out
+
+
 CALL = '<reason>compute</reason><tool_call>{"name": "python", "arguments": {"code": "print(6*7)"}}</tool_call>'
 ANSWER = "<reason>done</reason><answer>42</answer><|im_end|>"
 

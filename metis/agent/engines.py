@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from metis.agent.batching import model_inputs
+from metis.agent.hf_prefill import Prefix, merge, prefill
+from metis.agent.kv_budget import batch_footprint, budget_tokens, evictions, kv_bytes_per_token, prefill_groups
+from metis.agent.sampling import FORBIDDEN_TOKENS, cut_at_stop, sample, suppressed_ids
 from metis.core.trajectory import Trajectory
+
+__all__ = ["Engine", "HFEngine", "FORBIDDEN_TOKENS", "cut_at_stop", "suppressed_ids"]
 
 
 class Engine(Protocol):
@@ -26,18 +30,6 @@ class Engine(Protocol):
     def sync_weights(self, model) -> None: ...
     def generate(self, trajs: Sequence[Trajectory], max_new_tokens: int, stop_ids: list[int],
                  greedy: bool = False) -> list[list[int]]: ...
-
-
-@dataclass
-class _Prefix:
-    """The KV cache of the first ``len(ids)`` tokens of one trajectory (one turn's leftovers)."""
-
-    ref: Any  # weakref to the trajectory: an entry never outlives or changes owner
-    ids: list[int]  # the cached tokens
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), [kv_heads, len(ids), head_dim]
-    pos_end: int  # the M-RoPE position of the next token
-    images: int  # images of ``traj.encoded`` already inside the cache
-    weights: int  # the engine's weight generation the cache was computed with (see sync_weights)
 
 
 class HFEngine:
@@ -60,31 +52,52 @@ class HFEngine:
     run), :meth:`after_rollout` and :meth:`sync_weights` drop them, and an entry computed before the
     last :meth:`sync_weights` (the trainer calls it after every update) is never used.
 
+    Memory: ``kv_cache_gib`` (optional) bounds the KV cache the engine holds, kept caches and the
+    batch in flight together, converted to tokens with the model's per-token cost
+    (:mod:`metis.agent.kv_budget`; Qwen3-VL-8B: 144 KiB per bf16 token). A batch takes the
+    longest run of waiting rows (at most ``max_batch_size``) whose cache can reach at most the
+    budget by its last decode step; kept caches of other trajectories are dropped to make room
+    (those needed last first) and their trajectories are re-prefilled when admitted. Greedy
+    outputs do not depend on the budget. ``max_prefill_tokens`` (optional) cuts a batch's prefill
+    into passes of at most that many padded tokens, which bounds the prefill activations.
+    ``stats['peak_kv_tokens']`` is the most cache observed held (measured on the tensors).
+
     ``logits_processors``: optional ``transformers``-style processors ``f(input_ids, scores)``
     applied before the token bans and sampling (both paths), e.g. to script a policy in benchmarks.
     """
 
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 max_batch_size: int = 64, kv_cache: bool = True,
-                 logits_processors: list[Callable] | None = None) -> None:
+                 max_batch_size: int = 64, kv_cache: bool = True, kv_cache_gib: float | None = None,
+                 max_prefill_tokens: int | None = None, logits_processors: list[Callable] | None = None) -> None:
         if temperature < 0:
             raise ValueError(f"rollout.temperature must be >= 0, got {temperature}")
+        if kv_cache_gib is not None and kv_cache_gib <= 0:
+            raise ValueError(f"rollout.engine.kv_cache_gib must be > 0 (or null: no budget), got {kv_cache_gib}")
+        if max_prefill_tokens is not None and max_prefill_tokens <= 0:
+            raise ValueError(f"rollout.engine.max_prefill_tokens must be > 0 (or null), got {max_prefill_tokens}")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_batch_size = max_batch_size
         self.kv_cache = kv_cache
+        self.kv_cache_gib, self.max_prefill_tokens = kv_cache_gib, max_prefill_tokens
+        self.budget: int | None = None  # kv_cache_gib in tokens of the bound model's cache
         self.logits_processors = list(logits_processors or [])
         self.model = None
         self.processor = None
-        self._prefix: dict[int, _Prefix] = {}
+        self._prefix: dict[int, Prefix] = {}
         self._cache_kwarg: str | None = None
         self._generation = 0  # bumped by bind / sync_weights: caches of older weights are stale
-        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0}
+        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "evicted_tokens": 0,
+                      "batches": 0, "peak_kv_tokens": 0}
 
     def bind(self, model, processor) -> None:
         self.model, self.processor = model, processor
         self._generation += 1
         self._prefix.clear()
         self._cache_kwarg = None
+        self.budget = None
+        if self.kv_cache_gib is not None:
+            per_token = kv_bytes_per_token(model.config, next(model.parameters()).dtype)
+            self.budget = budget_tokens(self.kv_cache_gib, per_token)
 
     def after_rollout(self) -> None:
         """Drop the kept KV caches (generation shares the trainer's weights: nothing else to free)."""
@@ -107,20 +120,72 @@ class HFEngine:
                  ) -> list[list[int]]:
         if self.model is None:
             raise RuntimeError("engine.bind(model, processor) must be called before generate")
-        cached = self.kv_cache and self._supports_cache()
+        if self.kv_cache and self._supports_cache():
+            return self._generate_admitted(trajs, max_new_tokens, stop_ids, greedy, on_finish)
         out: list[list[int]] = []
         for start in range(0, len(trajs), self.max_batch_size):
-            chunk = trajs[start:start + self.max_batch_size]
-            if cached:
-                done = None if on_finish is None else (lambda i, ids, s=start: on_finish(s + i, ids))
-                out.extend(self._generate_cached(chunk, max_new_tokens, stop_ids, greedy, done))
-            else:
-                rows = self._generate(chunk, max_new_tokens, stop_ids, greedy)
-                if on_finish is not None:
-                    for i, ids in enumerate(rows):
-                        on_finish(start + i, ids)
-                out.extend(rows)
+            rows = self._generate(trajs[start:start + self.max_batch_size], max_new_tokens, stop_ids, greedy)
+            if on_finish is not None:
+                for i, ids in enumerate(rows):
+                    on_finish(start + i, ids)
+            out.extend(rows)
         return out
+
+    # ---- admission by KV-cache budget -------------------------------------------------------
+    def _generate_admitted(self, trajs, max_new_tokens, stop_ids, greedy, on_finish) -> list[list[int]]:
+        """Batches of consecutive rows admitted by the KV budget; the others wait for a later batch."""
+        version = self._weights_version()
+        out: list[list[int]] = [[] for _ in trajs]
+        pending = list(range(len(trajs)))
+        while pending:
+            batch = self._admit(trajs, pending, max_new_tokens, version)
+            pending = pending[len(batch):]
+            done = None if on_finish is None else (lambda i, ids, b=batch: on_finish(b[i], ids))
+            self.stats["batches"] += 1
+            rows = self._generate_cached([trajs[i] for i in batch], max_new_tokens, stop_ids, greedy, done, version)
+            for i, ids in zip(batch, rows):
+                out[i] = ids
+        return out
+
+    def _admit(self, trajs, pending: list[int], max_new_tokens: int, version) -> list[int]:
+        """The longest prefix of ``pending`` (at most ``max_batch_size`` rows) whose batch cache fits
+        the budget, after evicting the kept caches of other trajectories (needed last first: they
+        are re-prefilled when their turn comes)."""
+        head = pending[: self.max_batch_size]
+        if self.budget is None:
+            return head
+        rows: list[tuple[int, int]] = []
+        for i in head:
+            entry = self._lookup(trajs[i], version)
+            c = len(entry.ids) if entry is not None else 0
+            row = (c, len(trajs[i].input_ids) - c)
+            if batch_footprint(rows + [row], max_new_tokens) > self.budget:
+                break
+            rows.append(row)
+        if not rows:
+            need = len(trajs[head[0]].input_ids) + max_new_tokens
+            raise ValueError(f"rollout.engine.kv_cache_gib={self.kv_cache_gib} holds {self.budget} tokens of KV "
+                             f"cache; one trajectory needs {need} (context + max_new_tokens): raise it")
+        batch = head[: len(rows)]
+        inside = {id(trajs[i]) for i in batch}
+        waiting = set(pending)
+        later = pending[len(batch):] + [j for j in range(len(trajs)) if j not in waiting]
+        position = {id(trajs[i]): k for k, i in enumerate(later)}
+        # soonest needed first: the rows waiting in this call, then those already served (next turn),
+        # other trajectories' caches last (evicted first)
+        kept = sorted(((key, len(e.ids)) for key, e in self._prefix.items() if key not in inside),
+                      key=lambda kv: position.get(kv[0], len(position)))
+        excess = batch_footprint(rows, max_new_tokens) + sum(n for _, n in kept) - self.budget
+        for key in evictions(kept, excess):
+            self.stats["evicted_tokens"] += len(self._prefix.pop(key).ids)
+        return batch
+
+    def _observe(self, cache) -> None:
+        """Record the cache tokens held now (the batch's and the kept ones): ``stats['peak_kv_tokens']``."""
+        layer = cache.layers[0] if cache.layers else None
+        held = 0 if layer is None or layer.keys is None else layer.keys.shape[0] * layer.keys.shape[2]
+        held += sum(len(e.ids) for e in self._prefix.values())
+        self.stats["peak_kv_tokens"] = max(self.stats["peak_kv_tokens"], held)
 
     def _supports_cache(self) -> bool:
         if self._cache_kwarg is None:
@@ -164,7 +229,7 @@ class HFEngine:
     def _weights_version(self) -> int:
         return self._generation
 
-    def _lookup(self, traj: Trajectory, version: int) -> _Prefix | None:
+    def _lookup(self, traj: Trajectory, version: int) -> Prefix | None:
         entry = self._prefix.get(id(traj))
         if entry is None:
             return None
@@ -181,21 +246,14 @@ class HFEngine:
         return self.model(**kwargs, use_cache=True, logits_to_keep=1)
 
     def _generate_cached(self, trajs: Sequence[Trajectory], max_new_tokens: int, stop_ids: list[int],
-                         greedy: bool, on_finish) -> list[list[int]]:
-        from transformers import DynamicCache
-
+                         greedy: bool, on_finish, version: int) -> list[list[int]]:
         model, tok = self.model, self.processor.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        image_id = model.config.image_token_id
-        param = next(model.parameters())
-        device, dtype = param.device, param.dtype
-        version = self._weights_version()
-
         # 1. what each row still has to encode; identical rows (a group's shared prompt) once
         entries = [self._lookup(t, version) for t in trajs]
         unique: dict[tuple, int] = {}
         row_of: list[int] = []
-        todo: list[tuple[Trajectory, _Prefix | None]] = []
+        todo: list[tuple[Trajectory, Prefix | None]] = []
         for t, e in zip(trajs, entries):
             done_images = e.images if e is not None else 0
             grid = t.encoded.grid_thw[done_images:]
@@ -205,64 +263,25 @@ class HFEngine:
                 unique[key] = len(todo)
                 todo.append((t, e))
             row_of.append(unique[key])
-
-        # 2. one batched prefill of the uncached suffixes: [left pad | cache | pad | suffix]
-        n_layers = None
-        cached_len = [len(e.ids) if e is not None else 0 for _, e in todo]
-        suffixes = [t.input_ids[c:] for (t, _), c in zip(todo, cached_len)]
-        width_c, width_s = max(cached_len), max(len(s) for s in suffixes)
-        u = len(todo)
-        ids = torch.full((u, width_s), pad_id, dtype=torch.long)
-        mask = torch.zeros((u, width_c + width_s), dtype=torch.long)
-        for r, (s, c) in enumerate(zip(suffixes, cached_len)):
-            ids[r, width_s - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[r, width_c - c:width_c] = 1
-            mask[r, width_c + width_s - len(s):] = 1
-        suffix_mask = mask[:, width_c:]
-        mm = (ids == image_id).long() * suffix_mask
-        pixels, grids = [], []
         for t, e in todo:
-            done_images = e.images if e is not None else 0
-            grid = t.encoded.grid_thw
-            if grid.shape[0] > done_images:
-                start = int(grid[:done_images].prod(-1).sum()) if done_images else 0
-                pixels.append(t.encoded.pixel_values[start:])
-                grids.append(grid[done_images:])
-        vision = {}
-        if grids:
-            vision = {"pixel_values": torch.cat(pixels).to(device, dtype), "image_grid_thw": torch.cat(grids).to(device)}
-        rope, _ = model.model.get_rope_index(ids.to(device), mm_token_type_ids=mm.to(device),
-                                             image_grid_thw=vision.get("image_grid_thw"),
-                                             attention_mask=suffix_mask.to(device))
-        offsets = torch.tensor([e.pos_end if e is not None else 0 for _, e in todo], device=device)
-        rope = rope + offsets.view(1, -1, 1)
-        pos_end = (rope.masked_fill(suffix_mask.to(device)[None] == 0, -1).amax(dim=(0, 2)) + 1)
-        cache = DynamicCache()
-        if width_c:
-            n_layers = len(next(e for _, e in todo if e is not None).layers)
-            for layer in range(n_layers):
-                ref_k, ref_v = next(e for _, e in todo if e is not None).layers[layer]
-                k = ref_k.new_zeros((u, ref_k.shape[0], width_c, ref_k.shape[2]))
-                v = ref_v.new_zeros((u, ref_v.shape[0], width_c, ref_v.shape[2]))
-                for r, (_, e) in enumerate(todo):
-                    if e is not None:
-                        k[r, :, width_c - len(e.ids):] = e.layers[layer][0]
-                        v[r, :, width_c - len(e.ids):] = e.layers[layer][1]
-                cache.update(k, v, layer)
-        self.stats["prefill_tokens"] += int(suffix_mask.sum())
-        self.stats["reused_tokens"] += sum(cached_len)
+            if e is not None:
+                self._prefix.pop(id(t), None)  # the batch consumes it (its layers move into the batch cache)
+        rows = [(len(e.ids) if e else 0, len(t.input_ids) - (len(e.ids) if e else 0)) for t, e in todo]
+        self.stats["prefill_tokens"] += sum(s for _, s in rows)
+        self.stats["reused_tokens"] += sum(c for c, _ in rows)
+        # 2. batched prefill of the uncached suffixes, in groups of bounded size, then one batch
         was_training = model.training
         model.eval()
         try:
-            out = self._forward(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=rope,
-                                cache=cache, mm_token_type_ids=mm.to(device), **vision)
-            logits = out.logits[:, -1]
-            # expand the unique rows to the batch
-            index = torch.tensor(row_of, device=device)
-            if u != len(trajs) or row_of != list(range(u)):
+            groups = prefill_groups(rows, self.max_prefill_tokens)
+            part = merge([prefill(model, [todo[i] for i in g], pad_id, self._forward) for g in groups])
+            del todo, entries
+            cache, logits, mask, pos_end = part.cache, part.logits, part.mask, part.pos_end
+            index = torch.tensor(row_of, device=logits.device)
+            if len(rows) != len(trajs) or row_of != list(range(len(rows))):  # expand shared rows to the batch
                 cache.batch_select_indices(index)
                 logits, mask, pos_end = logits[index], mask[index.cpu()], pos_end[index]
-            return self._decode(trajs, cache, logits, mask.to(device), pos_end, max_new_tokens, stop_ids,
+            return self._decode(trajs, cache, logits, mask.to(logits.device), pos_end, max_new_tokens, stop_ids,
                                 greedy, on_finish, version, pad_id)
         finally:
             model.train(was_training)
@@ -272,7 +291,7 @@ class HFEngine:
         device = logits.device
         banned = torch.tensor(suppressed_ids(self.processor.tokenizer), dtype=torch.long, device=device)
         stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-        sample = not (greedy or self.temperature == 0)
+        do_sample = not (greedy or self.temperature == 0)
         live = list(range(len(trajs)))  # original row of each batch row
         gen: list[list[int]] = [[] for _ in trajs]
         context = None
@@ -287,7 +306,7 @@ class HFEngine:
                 scores = proc(context, scores)
             if banned.numel():
                 scores[:, banned] = -float("inf")
-            nxt = self._pick(scores) if sample else scores.argmax(-1)
+            nxt = self._pick(scores) if do_sample else scores.argmax(-1)
             toks = nxt.tolist()
             for b, t in enumerate(toks):
                 gen[live[b]].append(t)
@@ -295,15 +314,15 @@ class HFEngine:
             if step == max_new_tokens - 1:
                 finished[:] = True
             if bool(finished.any()):
+                self._observe(cache)  # the batch is at its widest just before rows leave
                 fin = finished.nonzero().flatten().tolist()
-                for b in fin:
-                    self._keep(trajs[live[b]], cache, b, mask[b], int(pos[b]), gen[live[b]], version)
-                    if on_finish is not None:
-                        on_finish(live[b], gen[live[b]])
-                if len(fin) == len(live):
-                    break
                 keep = (~finished).nonzero().flatten()
-                cache.batch_select_indices(keep)
+                self._keep([(trajs[live[b]], b, int(pos[b]), gen[live[b]]) for b in fin], cache, mask, keep, version)
+                if on_finish is not None:
+                    for b in fin:
+                        on_finish(live[b], gen[live[b]])
+                if not len(keep):
+                    break
                 mask, pos, nxt = mask[keep], pos[keep], nxt[keep]
                 if context is not None:
                     context = context[keep]
@@ -319,53 +338,24 @@ class HFEngine:
         return [cut_at_stop(row, stop_ids) for row in gen]
 
     def _pick(self, scores: torch.Tensor) -> torch.Tensor:
-        """Temperature, top-k, top-p (as transformers' warpers, in that order), then one draw."""
-        scores = scores / self.temperature
-        if self.top_k and self.top_k > 0:
-            k = min(self.top_k, scores.shape[-1])
-            kth = torch.topk(scores, k, dim=-1).values[..., -1, None]
-            scores = scores.masked_fill(scores < kth, -float("inf"))
-        if self.top_p is not None and self.top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(scores, descending=False)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            remove = cum <= (1 - self.top_p)
-            remove[..., -1:] = False
-            scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), -float("inf"))
-        probs = torch.softmax(scores, dim=-1)
-        # one categorical draw per row by inverse CDF: one uniform number per row, much cheaper on
-        # CPU than torch.multinomial (or an exponential race), same distribution; a token of
-        # probability 0 is never drawn (side="right" skips flat steps of the CDF)
-        cdf = probs.cumsum(-1)
-        u = torch.rand((probs.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(1)
+        return sample(scores, self.temperature, self.top_k, self.top_p)
 
-    def _keep(self, traj, cache, b: int, mask_row: torch.Tensor, pos_end: int, new: list[int], version) -> None:
-        """Store row ``b``'s cache (pads removed) for the trajectory's next turn."""
-        valid = mask_row.bool()
-        layers = []
+    def _keep(self, finished, cache, mask: torch.Tensor, keep: torch.Tensor, version) -> None:
+        """Store the cache (pads removed) of each ``(traj, row, pos_end, new tokens)`` in ``finished``
+        for the trajectory's next turn, and shrink the batch to the rows ``keep``; layer by layer, so
+        the copies never hold more than one layer of the batch twice."""
+        valid = [mask[b].bool() for _, b, _, _ in finished]
+        layers: list[list] = [[] for _ in finished]
         for layer in cache.layers:
-            layers.append((layer.keys[b][:, valid].clone(), layer.values[b][:, valid].clone()))
-        ids = traj.input_ids + new[:-1]  # the last token is not fed yet
-        if layers and layers[0][0].shape[1] != len(ids):
-            return  # bookkeeping mismatch: recompute next turn rather than trust the cache
-        self._prefix[id(traj)] = _Prefix(ref=weakref.ref(traj), ids=ids, layers=layers, pos_end=pos_end,
-                                         images=int(traj.encoded.grid_thw.shape[0]), weights=version)
-
-
-# Tokens the policy must never emit: a generated image placeholder would desynchronise the
-# image features from the sequence, a generated turn opener would forge a user turn.
-FORBIDDEN_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
-                    "<|endoftext|>")
-
-
-def suppressed_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in FORBIDDEN_TOKENS if t in vocab]
-
-
-def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
-    """Keep tokens up to and including the first stop token (drops the padding after it)."""
-    for i, t in enumerate(ids):
-        if t in stop_ids:
-            return ids[: i + 1]
-    return ids
+            for r, (_, b, _, _) in enumerate(finished):
+                layers[r].append((layer.keys[b][:, valid[r]].clone(), layer.values[b][:, valid[r]].clone()))
+            if len(keep):
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+            else:
+                layer.keys = layer.values = None
+        for (traj, _, pos_end, new), kept in zip(finished, layers):
+            ids = traj.input_ids + new[:-1]  # the last token is not fed yet
+            if kept and kept[0][0].shape[1] != len(ids):
+                continue  # bookkeeping mismatch: recompute next turn rather than trust the cache
+            self._prefix[id(traj)] = Prefix(ref=weakref.ref(traj), ids=ids, layers=kept, pos_end=pos_end,
+                                            images=int(traj.encoded.grid_thw.shape[0]), weights=version)

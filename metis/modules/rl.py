@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from metis.agent.batching import response_tensors
+from metis.agent.importance import apply_tis
 from metis.agent.logprobs import response_logprobs
 from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.metrics import engine_logprob_gap, rollout_metrics
@@ -153,9 +154,12 @@ class RLModule(L.LightningModule):
                     record[rows, :width] = old.float().cpu()
             else:
                 old = old_logprobs[rows, :width].to(self.device)
+            # engine/trainer log-prob gap: truncated importance weights on the gradient (metis.agent.importance)
+            logp, tis = apply_tis(logp, old, sub, mask[rows, :width], getattr(self.engine, "tis_cap", None))
             loss, metrics = self.objective(logp, old,
                                            mask[rows, :width], result, rollout_index=rows, entropy=entropy,
                                            denominators=den, ref_logprobs=ref)
+            metrics = {**metrics, **tis}
             if backward:
                 self.manual_backward(loss)
             for k, v in metrics.items():  # losses/token counts add up; ratios are averaged below

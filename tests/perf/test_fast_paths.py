@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FakeToolBox, make_task
+from helpers import FakeToolBox, make_task, tasks_with_turns
 from metis.agent.batching import model_inputs, response_positions, response_tensors
 from metis.agent.engines import HFEngine
 from metis.agent.logprobs import response_logprobs
@@ -26,15 +26,6 @@ from metis.agent.loop import AgentLoop, RolloutConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.common import ScriptedToolCalls  # noqa: E402  (the benchmark's scripted tool-call policy)
-
-
-def tasks_with_turns(turns):
-    out = []
-    for i, k in enumerate(turns):
-        t = make_task()
-        t.id, t.question = f"t{i}", f"<image>What is {6 + i} * 7? (k={k})"
-        out.append(t)
-    return out
 
 
 def rollouts(tiny_policy, kv_cache, turns=(1, 2, 0), n=2, greedy=True, free_tokens=12):
