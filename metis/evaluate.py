@@ -82,32 +82,33 @@ def _generate(cfg: DictConfig, bench_cfg: dict[str, Any], model, processor, tool
 
     bench = load_benchmark(**bench_cfg, limit=cfg.get("limit"))
     toolbox = toolbox if toolbox is not None else hydra.utils.instantiate(cfg.tools)
-    specs = toolbox.specs()
-    parts = fingerprint_parts(_plain(cfg.model), build_system_prompt(specs), specs, _plain(cfg.rollout.loop),
-                              bool(cfg.greedy), _plain(cfg.rollout.get("engine")) or {})
-    fingerprint = run_fingerprint(parts)
-    out = _output_dir(Path(cfg.output_dir), parts, fingerprint, bool(cfg.resume), str(cfg.get("on_mismatch", "error")))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (out / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint, "parts": parts}, indent=1))
-    devices: list[str] = []
+    try:  # the toolbox is closed however this ends (a refused resume included)
+        specs = toolbox.specs()
+        parts = fingerprint_parts(_plain(cfg.model), build_system_prompt(specs), specs, _plain(cfg.rollout.loop),
+                                  bool(cfg.greedy), _plain(cfg.rollout.get("engine")) or {})
+        fingerprint = run_fingerprint(parts)
+        out = _output_dir(Path(cfg.output_dir), parts, fingerprint, bool(cfg.resume),
+                          str(cfg.get("on_mismatch", "error")))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint, "parts": parts}, indent=1))
+        devices: list[str] = []
 
-    def make_agent() -> EvalLoop:  # called only when some sample still has to be generated
-        nonlocal model, processor, engine
-        if model is None:
-            import torch
+        def make_agent() -> EvalLoop:  # called only when some sample still has to be generated
+            nonlocal model, processor, engine
+            if model is None:
+                import torch
 
-            model, processor = hydra.utils.instantiate(cfg.model)
-            device = str(cfg.get("device", "auto"))
-            model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        engine = engine if engine is not None else hydra.utils.instantiate(cfg.rollout.engine)
-        engine.bind(model, processor)
-        param = next(model.parameters(), None)
-        devices.append(str(param.device) if param is not None else "?")
-        log.info("policy on %s (%s)", devices[-1], getattr(param, "dtype", "?"))
-        return EvalLoop(engine, toolbox, processor, hydra.utils.instantiate(cfg.rollout.loop))
+                model, processor = hydra.utils.instantiate(cfg.model)
+                device = str(cfg.get("device", "auto"))
+                model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+            engine = engine if engine is not None else hydra.utils.instantiate(cfg.rollout.engine)
+            engine.bind(model, processor)
+            param = next(model.parameters(), None)
+            devices.append(str(param.device) if param is not None else "?")
+            log.info("policy on %s (%s)", devices[-1], getattr(param, "dtype", "?"))
+            return EvalLoop(engine, toolbox, processor, hydra.utils.instantiate(cfg.rollout.loop))
 
-    try:
         runner = EvalRunner(make_agent, out / "predictions.jsonl", bench.name, batch_size=int(cfg.batch_size),
                             greedy=bool(cfg.greedy), resume=bool(cfg.resume), fingerprint=fingerprint)
         stats = runner.run(bench.tasks)
@@ -135,7 +136,8 @@ def _score_only(cfg: DictConfig, bench_cfg: dict[str, Any]):
     except (FileNotFoundError, EvalError) as err:
         rows = [p["row"] for p in preds if p.get("row")]
         if not rows:
-            raise EvalError(f"mode=score: {path} holds no ground truth and the benchmark data is missing ({err})") from None
+            raise EvalError(f"mode=score: {path} holds no ground truth and the benchmark data is missing "
+                            f"({err})") from None
         log.warning("benchmark data unavailable (%s); scoring against the ground truth in %s", err, path)
         bench = load_benchmark(**bench_cfg, limit=cfg.get("limit"), images=False, rows=rows, origin=str(path))
         truth_source = "prediction file"

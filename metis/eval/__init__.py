@@ -1,6 +1,7 @@
 """Evaluation on the paper's benchmarks (docs/evaluation.md; entry point ``python -m metis.evaluate``).
 
-- :mod:`metis.eval.benchmarks`: ``BENCHMARKS`` loaders and :func:`load_benchmark` (CharXiv in :mod:`metis.eval.charxiv`);
+- :mod:`metis.eval.benchmarks`: ``BENCHMARKS`` loaders and :func:`load_benchmark`
+  (the CharXiv loader in :mod:`metis.eval.charxiv`);
 - :mod:`metis.eval.formats`: VLMEvalKit TSV / Hugging Face layouts, image decoding, ``EvalError``;
 - :mod:`metis.eval.runner`: :class:`EvalRunner`, batched, per-sample appended, fingerprinted resume;
 - :mod:`metis.eval.fingerprint`: run / input fingerprints and the provenance of a run;

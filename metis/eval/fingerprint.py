@@ -76,7 +76,8 @@ def checkpoint_digest(paths: Iterable[str | None]) -> str | None:
 
 
 def fingerprint_parts(model_cfg: dict[str, Any], system_prompt: str, tool_specs: list[dict[str, Any]],
-                      loop_cfg: dict[str, Any], greedy: bool, engine_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+                      loop_cfg: dict[str, Any], greedy: bool,
+                      engine_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     """The parts of :func:`run_fingerprint`, each hashed (kept in ``fingerprint.json`` to explain a mismatch)."""
     model = {k: v for k, v in model_cfg.items() if k not in ("cache_dir", "attn_implementation",
                                                               "gradient_checkpointing")}
@@ -125,7 +126,8 @@ def git_commit(root: str | Path | None = None) -> str | None:
 
 def provenance(data_path: str | None, parts: dict[str, Any] | None = None, fingerprint: str | None = None
                ) -> dict[str, Any]:
-    return {"project_commit": git_commit(), "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return {"project_commit": git_commit(), "date_utc": now,
             "data_path": data_path, "data_sha256": data_digest(data_path),
             "checkpoint_sha256": (parts or {}).get("checkpoint_weights"),
             "checkpoint_config_sha256": (parts or {}).get("checkpoint"), "fingerprint": fingerprint}

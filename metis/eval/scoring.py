@@ -144,7 +144,9 @@ def score_prediction(prediction: str | None, ground_truth: str | list[str], veri
                 ok = any(letters == w for w in want if w)
                 return Verdict(float(ok), "correct" if ok else "wrong", "rule", ",".join(sorted(letters)))
             rule = Verdict(0.0, "unanswered", "none", None, "no_option")
-            return _judge(judge, question, ground_truth, prediction, rule, _fill(grading, prediction)) if judge is not None else rule
+            if judge is None:
+                return rule
+            return _judge(judge, question, ground_truth, prediction, rule, _fill(grading, prediction))
         verifier = "exact"  # a ground truth that names no option: compare as text
     fn = VERIFIERS.get(verifier)
     score = float(fn(prediction, ground_truth))
