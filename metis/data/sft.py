@@ -262,14 +262,16 @@ class SFTDataModule(L.LightningDataModule):
         length_grouping: sort by length inside shuffled mega-batches of ``mega_batch_rows`` rows.
         val_fraction: a seeded share of the usable rows held out for ``val/loss``.
         system_prompt: ``None`` keeps each record's system message; a string replaces it; ``"metis"``
-            uses the Metis prompt with the python tool (what the agent loop shows at RL time).
+            uses the agent prompt listing ``tools`` (what the agent loop shows at RL time with those tools).
+        tools: tool names for ``system_prompt="metis"``; match the RL run's ``tools`` config.
     """
 
     def __init__(self, source: Any, processor, max_length: int = 4096, batch_size: int | None = None,
                  batch_tokens: int | None = None, length_grouping: bool = True, mega_batch_rows: int = 256,
                  val_fraction: float = 0.05, seed: int = 0, num_workers: int = 0, split: str = "train",
                  image_root: str | None = None, layout: str = "auto", system_prompt: str | None = None,
-                 max_rows: int | None = None, val_batch_size: int | None = None) -> None:
+                 max_rows: int | None = None, val_batch_size: int | None = None,
+                 tools: Sequence[str] = ("python",)) -> None:
         super().__init__()
         if batch_size is None and batch_tokens is None:
             batch_size = 8
@@ -279,7 +281,7 @@ class SFTDataModule(L.LightningDataModule):
         self.batch_size, self.batch_tokens, self.length_grouping = batch_size, batch_tokens, length_grouping
         self.mega_batch_rows, self.val_fraction, self.seed = mega_batch_rows, val_fraction, seed
         self.num_workers, self.split, self.image_root, self.layout = num_workers, split, image_root, layout
-        self.system_prompt = _system_prompt(system_prompt)
+        self.system_prompt = _system_prompt(system_prompt, list(tools))
         self.max_rows, self.val_batch_size = max_rows, val_batch_size
         self.scan_skipped: Counter[str] = Counter()
         self.train_set: SFTDataset | None = None
@@ -369,13 +371,17 @@ class _Collate:
         return collate_sft(batch, self.pad_id)
 
 
-def _system_prompt(value: str | None) -> str | None:
-    if value != "metis":
-        return value
+def agent_system_prompt(tools: Sequence[str]) -> str:
+    """The agent's system prompt listing exactly ``tools`` (registry names), as the RL rollout loop
+    builds it from its configured toolbox: SFT and RL prompts agree when the tool lists do."""
     from metis.agent.format import build_system_prompt
-    from metis.data.sft_synthetic import PYTHON_TOOL_SPEC
+    from metis.tools import TOOLS
 
-    return build_system_prompt([PYTHON_TOOL_SPEC])
+    return build_system_prompt([TOOLS.get(name).spec() for name in tools])
+
+
+def _system_prompt(value: str | None, tools: Sequence[str]) -> str | None:
+    return agent_system_prompt(tools) if value == "metis" else value
 
 
 __all__ = ["SFTDataModule", "SFTDataset", "LengthGroupedBatchSampler", "encode_record", "record_length",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -50,11 +51,12 @@ def test_cli_prints_full_8b_config_without_gpu():
 
 
 @pytest.mark.parametrize("experiment", ["hdpo_8b", "hdpo_8b_lora"])
-def test_8b_experiments_validate_without_gpu(experiment):
+def test_8b_experiments_without_data_stop_naming_the_key(experiment):
+    """They validate without a GPU once given data, search and a judge (tests/config/test_dry_run_rl.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "METIS_RL_DATA"}
     out = subprocess.run([sys.executable, "-m", "metis.train", f"experiment={experiment}", "dry_run=true"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"config OK: {experiment}" in out.stdout
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "data.source is not set" in out.stderr and "Accio-Lab/Metis-RL" in out.stderr
 
 
 def test_bad_config_fails_at_startup_naming_the_key():
