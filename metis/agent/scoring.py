@@ -8,8 +8,9 @@ it per data_source): ``math``, ``multiple_choice``, ``numeric``, ``exact`` from
 The judge calls of a step run concurrently in a bounded thread pool, one call per distinct
 (question, ground truth, answer) of the step; the judge's own cache (memory and disk) answers
 repeats across steps. A check whose retries are spent leaves its rollouts **unscored**, never
-wrong: they get no advantage (:func:`update_indices` leaves them out of the step's update, and a
-group with too few scored members contributes nothing) and are counted; when more than
+wrong: they get no advantage (:meth:`Scorer.update_indices` leaves them out of the step's update,
+and a group with too few scored members contributes nothing; :func:`scheme_over_kept` computes
+the scheme over the rest) and are counted; when more than
 ``max_unscored_frac`` of a step is unscored, :meth:`Scorer.check_unscored` stops the run with an
 error naming the endpoint. The judge is probed at construction, so a run with an unreachable or
 misconfigured endpoint fails at start.
@@ -29,7 +30,7 @@ import torch
 
 from metis.rl.chat_client import JudgeUnavailable
 from metis.rl.rewards import format_reward
-from metis.rl.types import RolloutScores
+from metis.rl.types import AdvantageChannel, AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
 
 log = logging.getLogger(__name__)
@@ -174,4 +175,28 @@ def subset_scores(scores: RolloutScores, idx: Sequence[int]) -> RolloutScores:
                          num_tool_calls=scores.num_tool_calls[rows], group_ids=scores.group_ids[rows])
 
 
-__all__ = ["Scorer", "ScoredBatch", "UnscoredStepError", "judge_question", "subset_scores"]
+def scheme_over_kept(scheme: Any, batch: ScoredBatch, keep: Sequence[int]) -> tuple[AdvantageResult, AdvantageResult | None]:
+    """The scheme's advantages computed over the rollouts in ``keep`` only, spread back to every
+    rollout of the step with zeros elsewhere (full result, result over ``keep`` or None)."""
+    n = len(batch.scored)
+    if len(keep) == n:
+        result = scheme.compute(batch.scores)
+        return result, result
+    if not keep:  # nothing trains this step: zero advantages with the scheme's channels
+        shape = scheme.compute(batch.scores)
+        zero = [AdvantageChannel(c.name, torch.zeros(n), c.weight, c.nonzero_only) for c in shape.channels]
+        return AdvantageResult(channels=zero, metrics={}), None
+    kept = scheme.compute(subset_scores(batch.scores, keep))
+    rows = torch.tensor(list(keep), dtype=torch.long)
+
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        full = torch.zeros(n, dtype=torch.float32)
+        full[rows] = values.float()
+        return full
+
+    channels = [AdvantageChannel(c.name, spread(c.advantages), c.weight, c.nonzero_only) for c in kept.channels]
+    return AdvantageResult(channels=channels, rewards={k: spread(v) for k, v in kept.rewards.items()},
+                           metrics=dict(kept.metrics)), kept
+
+
+__all__ = ["Scorer", "ScoredBatch", "UnscoredStepError", "judge_question", "scheme_over_kept", "subset_scores"]

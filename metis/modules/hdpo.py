@@ -23,7 +23,7 @@ from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.trajectory import Trajectory
 from metis.data.task import Task
 from metis.agent.metrics import engine_logprob_gap, rollout_metrics, source_metrics
-from metis.agent.scoring import ScoredBatch, Scorer, subset_scores
+from metis.agent.scoring import ScoredBatch, Scorer, scheme_over_kept, subset_scores
 from metis.modules.sharding import apply_fsdp2, export_policy, gathered, is_sharded
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.utils.metrics import flatten_numeric
@@ -203,16 +203,16 @@ class HDPOModule(L.LightningModule):
         if checked.num_unscored:
             log.warning("RL step %d: %d rollouts unscored (judge failures); %d of %d take part in the update",
                         self.rl_step + 1, checked.num_unscored, len(keep), len(trajs))
-        if not keep or checked.num_unscored / len(trajs) > self.scorer.max_unscored_frac:
+        if checked.num_unscored / len(trajs) > self.scorer.max_unscored_frac:
             self._save_rollouts(trajs, checked, None, [], "train")
-            self.scorer.check_unscored(checked)  # raises above the threshold, naming the endpoint
-            self._log_checks(checked, len(trajs))
-            self.trainer.datamodule.step_done(batch)
-            return
-        all_trajs, trajs = trajs, [trajs[i] for i in keep]
-        scores = subset_scores(checked.scores, keep)
-        result = self.scheme.compute(scores)
+            self.scorer.check_unscored(checked)  # raises, naming the endpoint
+        # the scheme runs over the kept rollouts; the others keep their rows (every rank runs the same
+        # forward/backward passes under FSDP) with zero advantages and no loss tokens
+        result, kept_result = scheme_over_kept(self.scheme, checked, keep)
         _, mask = response_tensors(trajs)
+        dropped = sorted(set(range(len(trajs))) - set(keep))
+        if dropped:
+            mask[dropped] = 0
         mask = mask.to(self.device)
         cosine_now = bool(self.grad_cosine_every) and self.rl_step % self.grad_cosine_every == 0
         # one epoch over one mini-batch is on-policy: no separate old-log-prob pass
@@ -246,8 +246,10 @@ class HDPOModule(L.LightningModule):
         self.trainer.datamodule.step_done(batch)
         t_update = time.perf_counter() - t1
         self.rl_step += 1
-        out.update(rollout_metrics(trajs, scores, result))
-        out.update(source_metrics(all_trajs, checked.scores.r_ans.tolist(), checked.scored))
+        kept = [trajs[i] for i in keep]
+        out.update(rollout_metrics(kept, subset_scores(checked.scores, keep), kept_result) if keep
+                   else {"accuracy": float("nan"), "tool_call_rate": float("nan")})
+        out.update(source_metrics(trajs, checked.scores.r_ans.tolist(), checked.scored))
         out.update(engine_logprob_gap(trajs, record if on_policy else old_logprobs))
         out["skipped_prompts"] = float(len(self.agent.skipped))
         for key in updates[0]:
@@ -260,10 +262,10 @@ class HDPOModule(L.LightningModule):
         out.update(flatten_numeric(self.toolbox.metrics(), "tools/"))
         self.toolbox.reset_metrics()  # per-step tool statistics
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, batch_size=len(trajs))
-        self._log_checks(checked, len(all_trajs))
+        self._log_checks(checked, len(trajs))
         self.log("accuracy", out["accuracy"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
         self.log("tool_rate", out["tool_call_rate"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
-        self._save_rollouts(all_trajs, checked, result, keep, "train")
+        self._save_rollouts(trajs, checked, result, keep, "train")
 
     def _log_checks(self, checked: ScoredBatch, n: int) -> None:
         """Answer-checking counters (``reward/judge_*``, ``reward/unscored``) and the prompt set's
@@ -286,10 +288,10 @@ class HDPOModule(L.LightningModule):
 
     def _save_rollouts(self, trajs, checked: ScoredBatch, result, keep: list[int], split: str) -> None:
         """Every rollout with its data_source and scores; advantages for those in the update
-        (``result`` rows follow ``keep``); ``scored: false`` rollouts have no ``r_ans``."""
+        (``keep``); ``scored: false`` rollouts have no ``r_ans`` and no advantage."""
         if self.rollout_log_dir is None or self.trainer.global_rank != 0:
             return
-        row_of = {i: k for k, i in enumerate(keep)}
+        in_update = set(keep)
         self.rollout_log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.rollout_log_dir / f"{split}.jsonl", "a") as fh:
             for i, t in enumerate(trajs):
@@ -298,8 +300,8 @@ class HDPOModule(L.LightningModule):
                                      "verifier": t.task.verifier, "scored": ok,
                                      "r_ans": float(checked.scores.r_ans[i]) if ok else None,
                                      "r_fmt": float(checked.scores.r_fmt[i])}
-                if result is not None and i in row_of:
-                    rec |= {f"adv_{c.name}": float(c.advantages[row_of[i]]) for c in result.channels}
+                if result is not None and i in in_update:
+                    rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
                 fh.write(json.dumps(rec, default=str) + "\n")
 
     # ---- state -------------------------------------------------------------------------------

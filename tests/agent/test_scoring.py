@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 from judge_server import VerdictServer
 
-from metis.agent.scoring import Scorer, UnscoredStepError
+from metis.agent.scoring import ScoredBatch, Scorer, UnscoredStepError, scheme_over_kept, subset_scores
+from metis.rl.scheme import RewardScheme
+from metis.rl.types import RolloutScores
 from metis.data.rl_prompts import route_verifier
 from metis.data.task import Task
 from metis.rl.chat_client import JudgeUnavailable
@@ -107,3 +109,20 @@ def test_probe_fails_fast_on_a_down_endpoint(server):
     srv.close()
     with pytest.raises(JudgeUnavailable, match="127.0.0.1"):
         Scorer(judge(url))
+
+
+def test_scheme_runs_over_the_kept_rollouts_and_the_rest_get_zero_advantage():
+    scores = RolloutScores(r_ans=[1, 0, 1, 0, 1, 0], r_fmt=[1] * 6, num_tool_calls=[0, 1, 2, 0, 0, 1],
+                           group_ids=[0, 0, 0, 0, 1, 1])
+    batch = ScoredBatch(scores=scores, scored=[True, True, True, False, True, False])
+    scorer = Scorer(min_scored_per_group=2)
+    keep = scorer.update_indices(batch)
+    assert keep == [0, 1, 2]  # group 1 keeps one scored rollout: too few, dropped
+    scheme = RewardScheme("hdpo")
+    full, kept = scheme_over_kept(scheme, batch, keep)
+    alone = scheme.compute(subset_scores(scores, keep))
+    for ch, ref in zip(full.channels, alone.channels):
+        assert ch.advantages[:3].tolist() == ref.advantages.tolist() and ch.advantages[3:].abs().sum() == 0
+    assert kept is not None and len(full) == 6
+    none, _ = scheme_over_kept(scheme, batch, [])
+    assert all(float(c.advantages.abs().sum()) == 0 for c in none.channels)
