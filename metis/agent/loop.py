@@ -76,7 +76,7 @@ class AgentLoop:
 
     def encode_prompt(self, task: Task) -> tuple[list[int], EncodedImages, list]:
         """The prompt tokens and images of ``task`` (shared by all rollouts of the task)."""
-        messages = [{"role": "system", "content": self.system_prompt},
+        messages = [{"role": "system", "content": task.meta.get("system_prompt") or self.system_prompt},
                     {"role": "user", "content": task.content()}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         images = [im.convert("RGB") for im in task.images]

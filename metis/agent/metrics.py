@@ -55,3 +55,28 @@ def engine_logprob_gap(trajs: Sequence[Trajectory], trainer_logprobs) -> dict[st
     if not gaps:
         return {}
     return {"logprob_gap/mean": _mean(gaps), "logprob_gap/max": max(gaps)}
+
+
+def source_name(data_source: str) -> str:
+    """A data_source as one metric-path segment."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(data_source)) or "unknown"
+
+
+def source_metrics(trajs: Sequence[Trajectory], r_ans: Sequence[float], scored: Sequence[bool]) -> dict[str, float]:
+    """Per ``data_source``: ``source/<name>/accuracy`` (scored rollouts only), ``tool_call_rate``,
+    ``mean_tool_calls``, ``rollouts`` and ``unscored``: what a researcher watches on real prompts,
+    which carry no ``needs_tool`` label."""
+    by_source: dict[str, list[int]] = {}
+    for i, t in enumerate(trajs):
+        by_source.setdefault(source_name(t.task.data_source), []).append(i)
+    out: dict[str, float] = {}
+    for name, rows in sorted(by_source.items()):
+        judged = [i for i in rows if scored[i]]
+        prefix = f"source/{name}/"
+        if judged:
+            out[prefix + "accuracy"] = _mean([float(r_ans[i]) for i in judged])
+        out[prefix + "tool_call_rate"] = _mean([float(trajs[i].num_tool_calls > 0) for i in rows])
+        out[prefix + "mean_tool_calls"] = _mean([trajs[i].num_tool_calls for i in rows])
+        out[prefix + "rollouts"] = float(len(rows))
+        out[prefix + "unscored"] = float(len(rows) - len(judged))
+    return out

@@ -17,7 +17,7 @@ class TaskDataset(Dataset):
     def __init__(self, tasks: Sequence[Task]) -> None:
         if not tasks:
             raise ValueError("the prompt set is empty")
-        self.tasks = list(tasks)
+        self.tasks = tasks if isinstance(tasks, Sequence) else list(tasks)  # lazy splits stay lazy
 
     def __len__(self) -> int:
         return len(self.tasks)

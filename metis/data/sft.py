@@ -34,11 +34,13 @@ from typing import Any, Iterator, Sequence
 
 import lightning as L
 import torch
+from hydra.utils import get_class
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from metis.core.format import build_system_prompt
 from metis.data.schema import BadRecord, TrajectoryRecord, load_records
-from metis.data.sft_synthetic import metis_system_prompt
 from metis.io.tables import SkippedRows, read_rows
+from metis.tools import ImageSearchTool, PythonTool, TextSearchTool
 
 log = logging.getLogger(__name__)
 
@@ -266,11 +268,12 @@ class SFTDataModule(L.LightningDataModule):
         length_grouping: sort by length inside shuffled mega-batches of ``mega_batch_rows`` rows.
         val_fraction: a seeded share of the usable rows held out for ``val/loss``.
         system_prompt: ``None`` keeps each record's system message; a string replaces it; ``"metis"``
-            uses the Metis prompt with the python tool (what the agent loop shows at RL time).
+            uses the agent prompt listing ``tools`` (what the agent loop shows at RL time with those tools).
         image_root: folder relative image paths resolve against (default: the data file's folder).
         max_skipped_fraction: the run stops at start-up when more rows than this are unusable.
         skipped_rows_file: JSONL listing every skipped row and its reason (written by rank 0);
             ``"auto"``: ``skipped_rows.jsonl`` in the Hydra run's output dir (none outside a Hydra run).
+        tools: tool names for ``system_prompt="metis"``; match the RL run's ``tools`` config.
     """
 
     def __init__(self, source: Any, processor, max_length: int = 4096, batch_size: int | None = None,
@@ -278,7 +281,8 @@ class SFTDataModule(L.LightningDataModule):
                  val_fraction: float = 0.05, seed: int = 0, num_workers: int = 0, split: str = "train",
                  image_root: str | None = None, layout: str = "auto", system_prompt: str | None = None,
                  max_rows: int | None = None, val_batch_size: int | None = None,
-                 max_skipped_fraction: float = 0.1, skipped_rows_file: str | None = None) -> None:
+                 max_skipped_fraction: float = 0.1, skipped_rows_file: str | None = None,
+                 tools: Sequence[str] = ("python",)) -> None:
         super().__init__()
         if batch_size is not None and batch_tokens is not None:
             raise ValueError(f"data.batch_size={batch_size} and data.batch_tokens={batch_tokens} are both set; "
@@ -291,7 +295,7 @@ class SFTDataModule(L.LightningDataModule):
         self.batch_size, self.batch_tokens, self.length_grouping = batch_size, batch_tokens, length_grouping
         self.mega_batch_rows, self.val_fraction, self.seed = mega_batch_rows, val_fraction, seed
         self.num_workers, self.split, self.image_root, self.layout = num_workers, split, image_root, layout
-        self.system_prompt = _system_prompt(system_prompt)
+        self.system_prompt = _system_prompt(system_prompt, list(tools))
         self.max_rows, self.val_batch_size = max_rows, val_batch_size
         self.max_skipped_fraction, self.skipped_rows_file = max_skipped_fraction, skipped_rows_file
         self.scan_skipped: Counter[str] = Counter()
@@ -386,10 +390,16 @@ def _skipped_rows_file(value: str | None) -> str | None:
     return f"{HydraConfig.get().runtime.output_dir}/skipped_rows.jsonl" if HydraConfig.initialized() else None
 
 
-def _system_prompt(value: str | None) -> str | None:
-    if value != "metis":
-        return value
-    return metis_system_prompt()
+def agent_system_prompt(tools: Sequence[str]) -> str:
+    """The agent's system prompt listing exactly ``tools``, as the RL rollout loop builds it from its
+    configured toolbox: SFT and RL prompts agree when the tool lists do. A name is a built-in tool's
+    (``python``, ``text_search``, ``image_search``) or a tool class's ``_target_`` path."""
+    builtin = {c.name: c for c in (PythonTool, TextSearchTool, ImageSearchTool)}
+    return build_system_prompt([(builtin[n] if n in builtin else get_class(n)).spec() for n in tools])
+
+
+def _system_prompt(value: str | None, tools: Sequence[str]) -> str | None:
+    return agent_system_prompt(tools) if value == "metis" else value
 
 
 __all__ = ["SFTDataModule", "SFTDataset", "LengthGroupedBatchSampler", "encode_record", "record_length",

@@ -33,18 +33,10 @@ from metis.core.task import Task
 from metis.data.converters import python_observation, tool_call_text
 from metis.data.schema import TrajectoryRecord, split_placeholders
 from metis.data.synthetic import make_tasks
+from metis.tools.python_tool import PythonTool
 
-# Must match metis.tools.python_tool.PythonTool (checked by a test when metis.tools is importable).
-PYTHON_TOOL_SPEC: dict[str, Any] = {
-    "name": "python",
-    "description": ("Execute Python code in a persistent sandboxed interpreter. The input images are "
-                    "preloaded as PIL images image_1, image_2, ...; PIL, numpy and matplotlib are "
-                    "available. Printed output is returned; show images with display(img), "
-                    "plt.show() or by ending the code with an image."),
-    "parameters": {"type": "object",
-                   "properties": {"code": {"type": "string", "description": "Python code to run"}},
-                   "required": ["code"]},
-}
+# the python tool as the system prompt lists it (the real tool's own spec: one source)
+PYTHON_TOOL_SPEC: dict[str, Any] = PythonTool.spec()
 
 
 def metis_system_prompt() -> str:

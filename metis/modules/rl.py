@@ -21,13 +21,12 @@ from metis.agent.batching import response_tensors
 from metis.agent.importance import apply_tis
 from metis.agent.logprobs import response_logprobs
 from metis.agent.loop import AgentLoop, RolloutConfig
-from metis.agent.metrics import engine_logprob_gap, rollout_metrics
+from metis.agent.metrics import engine_logprob_gap, rollout_metrics, source_metrics
+from metis.agent.scoring import ScoredBatch, Scorer, scheme_over_kept, subset_scores
 from metis.core.task import Task
 from metis.core.trajectory import Trajectory
 from metis.modules.sharding import apply_fsdp2, export_policy, gathered, is_sharded
-from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
-from metis.rl.verifiers import VERIFIERS
 from metis.utils.metrics import flatten_numeric
 from metis.utils.rng import rng_state, set_rng_state
 
@@ -49,6 +48,8 @@ class RLModule(L.LightningModule):
         optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, 8-bit states).
         grad_cosine_every: every N RL steps, log the cosine between the gradients of the first two
             loss channels (HDPO: accuracy vs tool), at the cost of two extra backward passes.
+        scorer: answer checking (:class:`metis.agent.scoring.Scorer`: verifiers, the LLM judge, the
+            unscored-rollout policy); None: the deterministic verifiers only.
     """
 
     def __init__(self, model, processor, engine, toolbox, scheme, objective, rollout: RolloutConfig,
@@ -56,12 +57,13 @@ class RLModule(L.LightningModule):
                  micro_batch_size: int = 16, lr: float = 1e-6, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float = 1.0, warmup_steps: int = 0,
                  rollout_log_dir: str | None = None, val_group_size: int = 1, grad_cosine_every: int = 0,
-                 cpu_offload: bool = False, optimizer: str = "adamw") -> None:
+                 cpu_offload: bool = False, optimizer: str = "adamw", scorer: Scorer | None = None) -> None:
         super().__init__()
         if group_size < 1 or ppo_epochs < 1:
             raise ValueError("module.group_size and module.ppo_epochs must be >= 1")
         self.model, self.processor = model, processor
         self.engine, self.toolbox, self.scheme, self.objective = engine, toolbox, scheme, objective
+        self.scorer = scorer if scorer is not None else Scorer()
         self.engine.bind(model, processor)
         self.agent = AgentLoop(engine, toolbox, processor, rollout)
         self.group_size, self.minibatch_size, self.ppo_epochs = group_size, minibatch_size, ppo_epochs
@@ -79,7 +81,8 @@ class RLModule(L.LightningModule):
         self.optimizer_name = optimizer
         self.automatic_optimization = False
         self.rl_step = 0
-        self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective", "rollout"])
+        self.save_hyperparameters(ignore=["model", "processor", "engine", "toolbox", "scheme", "objective", "rollout",
+                                          "scorer"])
         self.hparams["rollout"] = dataclasses.asdict(rollout)  # plain types: weights-only loadable
 
     # ---- distribution ------------------------------------------------------------------------
@@ -106,13 +109,8 @@ class RLModule(L.LightningModule):
     # ---- scoring -----------------------------------------------------------------------------
     @staticmethod
     def score(trajs: list[Trajectory]) -> RolloutScores:
-        r_ans = [VERIFIERS.get(t.task.verifier)(t.final_answer, t.task.answer) for t in trajs]
-        return RolloutScores(
-            r_ans=torch.tensor(r_ans, dtype=torch.float32),
-            r_fmt=torch.tensor([format_reward(t.response_text) for t in trajs], dtype=torch.float32),
-            num_tool_calls=torch.tensor([t.num_tool_calls for t in trajs], dtype=torch.long),
-            group_ids=torch.tensor([t.group_id for t in trajs], dtype=torch.long),
-        )
+        """Deterministic verifiers only (no judge); the training step uses ``self.scorer``."""
+        return Scorer().score(trajs).scores
 
     def _logprobs(self, trajs: list[Trajectory], with_entropy: bool = False):
         """Log-probs in micro-batches, right-padded to the longest response of ``trajs``."""
@@ -203,9 +201,21 @@ class RLModule(L.LightningModule):
             log.warning("RL step %d: no rollouts (all %d prompts skipped); no update", self.rl_step + 1, len(batch))
             self.trainer.datamodule.step_done(batch)
             return
-        scores = self.score(trajs)
-        result = self.scheme.compute(scores)
+        checked = self.scorer.score(trajs)
+        keep = self.scorer.update_indices(checked)  # unscored rollouts get no advantage
+        if checked.num_unscored:
+            log.warning("RL step %d: %d rollouts unscored (judge failures); %d of %d take part in the update",
+                        self.rl_step + 1, checked.num_unscored, len(keep), len(trajs))
+        if checked.num_unscored / len(trajs) > self.scorer.max_unscored_frac:
+            self._save_rollouts(trajs, checked, None, [], "train")
+            self.scorer.check_unscored(checked)  # raises, naming the endpoint
+        # the scheme runs over the kept rollouts; the others keep their rows (every rank runs the same
+        # forward/backward passes under FSDP) with zero advantages and no loss tokens
+        result, kept_result = scheme_over_kept(self.scheme, checked, keep)
         _, mask = response_tensors(trajs)
+        dropped = sorted(set(range(len(trajs))) - set(keep))
+        if dropped:
+            mask[dropped] = 0
         mask = mask.to(self.device)
         cosine_now = bool(self.grad_cosine_every) and self.rl_step % self.grad_cosine_every == 0
         # one epoch over one mini-batch is on-policy: no separate old-log-prob pass
@@ -239,7 +249,10 @@ class RLModule(L.LightningModule):
         self.trainer.datamodule.step_done(batch)
         t_update = time.perf_counter() - t1
         self.rl_step += 1
-        out.update(rollout_metrics(trajs, scores, result))
+        kept = [trajs[i] for i in keep]
+        out.update(rollout_metrics(kept, subset_scores(checked.scores, keep), kept_result) if keep
+                   else {"accuracy": float("nan"), "tool_call_rate": float("nan")})
+        out.update(source_metrics(trajs, checked.scores.r_ans.tolist(), checked.scored))
         out.update(engine_logprob_gap(trajs, record if on_policy else old_logprobs))
         out["skipped_prompts"] = float(len(self.agent.skipped))
         for key in updates[0]:
@@ -252,28 +265,45 @@ class RLModule(L.LightningModule):
         out.update(flatten_numeric(self.toolbox.metrics(), "tools/"))
         self.toolbox.reset_metrics()  # per-step tool statistics
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, batch_size=len(trajs))
+        self._log_checks(checked, len(trajs))
         self.log("accuracy", out["accuracy"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
         self.log("tool_call_rate", out["tool_call_rate"], prog_bar=True, on_step=True, logger=False, batch_size=len(trajs))
-        self._save_rollouts(trajs, scores, result, "train")
+        self._save_rollouts(trajs, checked, result, keep, "train")
+
+    def _log_checks(self, checked: ScoredBatch, n: int) -> None:
+        """Answer-checking counters (``reward/judge_*``, ``reward/unscored``) and the prompt set's
+        skipped rows (``data/skipped_rows``), logged under their own names."""
+        data = getattr(self.trainer.datamodule, "metrics", dict)()
+        self.log_dict({**checked.metrics, **data}, on_step=True, batch_size=n)
 
     # ---- validation --------------------------------------------------------------------------
     def validation_step(self, batch: list[Task], batch_idx: int) -> None:
         with gathered(self.model):
             trajs = self.agent.run(batch, n=self.val_group_size, greedy=True)
-        scores = self.score(trajs)
-        metrics = rollout_metrics(trajs, scores, None)
+        checked = self.scorer.score(trajs)
+        self.scorer.check_unscored(checked)
+        judged = [i for i, ok in enumerate(checked.scored) if ok]
+        metrics = rollout_metrics([trajs[i] for i in judged], subset_scores(checked.scores, judged), None) \
+            if judged else {}
+        metrics.update(source_metrics(trajs, checked.scores.r_ans.tolist(), checked.scored))
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=len(trajs), sync_dist=True)
-        self._save_rollouts(trajs, scores, None, "val")
+        self._save_rollouts(trajs, checked, None, [], "val")
 
-    def _save_rollouts(self, trajs, scores: RolloutScores, result, split: str) -> None:
+    def _save_rollouts(self, trajs, checked: ScoredBatch, result, keep: list[int], split: str) -> None:
+        """Every rollout with its data_source and scores; advantages for those in the update
+        (``keep``); ``scored: false`` rollouts have no ``r_ans`` and no advantage."""
         if self.rollout_log_dir is None or self.trainer.global_rank != 0:
             return
+        in_update = set(keep)
         self.rollout_log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.rollout_log_dir / f"{split}.jsonl", "a") as fh:
             for i, t in enumerate(trajs):
-                rec = t.summary() | {"rl_step": self.rl_step, "r_ans": float(scores.r_ans[i]),
-                                     "r_fmt": float(scores.r_fmt[i])}
-                if result is not None:
+                ok = checked.scored[i]
+                rec = t.summary() | {"rl_step": self.rl_step, "data_source": t.task.data_source,
+                                     "verifier": t.task.verifier, "scored": ok,
+                                     "r_ans": float(checked.scores.r_ans[i]) if ok else None,
+                                     "r_fmt": float(checked.scores.r_fmt[i])}
+                if result is not None and i in in_update:
                     rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
                 fh.write(json.dumps(rec, default=str) + "\n")
 

@@ -61,9 +61,11 @@ class Tool(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release every resource (processes, connections)."""
 
-    def spec(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "parameters": self.parameters}
+    @classmethod
+    def spec(cls) -> dict:
+        """The tool as the system prompt lists it (a class method: no instance, no back-end needed)."""
+        return {"name": cls.name, "description": cls.description,
+                "parameters": cls.parameters}
 
 
 def escape_text(text: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metis.utils.validate import validate_config
+from metis.utils.validate import check_resources, search_backends, validate_config
 
 log = logging.getLogger("metis")
 
@@ -84,7 +84,9 @@ def prepare_run(cfg: DictConfig) -> Run:
 
 
 def dry_run(cfg: DictConfig) -> dict[str, float]:
-    """Validate a config without hardware or weights: resolve it, check values, build the cheap parts."""
+    """Validate a config without hardware or weights: resolve it, check values and types, build the
+    cheap parts, read the first rows of an RL prompt set, import the verifiers, ask the judge, and
+    check that the search back-ends exist (:mod:`metis.utils.validate`)."""
     import hydra
 
     validate_config(cfg, check_hardware=False)
@@ -97,7 +99,10 @@ def dry_run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("rollout") is not None:
         hydra.utils.instantiate(cfg.rollout.loop)
         built.append("rollout.loop")
+    checked = check_resources(cfg) + search_backends(cfg, require_real=bool(cfg.get("require_real_search")))
     print(f"config OK: {cfg.get('experiment_name')} (built {', '.join(built)}; model, data and trainer not built)")
+    for line in checked:
+        print(f"  {line}")
     return {}
 
 

@@ -90,12 +90,9 @@ def test_synthetic_trajectories_solve_their_tasks(tiny_policy):
     assert 0 <= x0 < x1 <= 1024 and 0 <= y0 < y1 <= 1024 and (x1 - x0) < 100
 
 
-def test_python_spec_matches_the_real_tool():
+def test_synthetic_observations_use_the_real_tool_header():
     tools = pytest.importorskip("metis.tools.python_tool")
-    tool = tools.PythonTool
-    assert (tool.name, tool.description, tool.parameters) == \
-        (PYTHON_TOOL_SPEC["name"], PYTHON_TOOL_SPEC["description"], PYTHON_TOOL_SPEC["parameters"])
-    assert tools.HEADER == "Code execution result:\n"
+    assert tools.HEADER == "Code execution result:\n" and PYTHON_TOOL_SPEC["name"] == "python"
 
 
 def _png(color="white", size=(40, 40)) -> bytes:
