@@ -21,7 +21,7 @@ log = logging.getLogger("metis.curate")
 
 def curate(cfg: DictConfig, stage: Any = None, logger: Any = None) -> dict[str, Any]:
     """Run one stage; ``stage`` (a :class:`metis.curation.runner.Stage`) replaces the configured one."""
-    from metis.curation.io import SampleSource
+    from metis.data.samples import SampleSource
     from metis.curation.runner import run_stage
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from metis.utils.registry import import_extensions
-from metis.utils.run import dry_run, finish_run, plain_hparams, prepare_run
+from metis.launch.run import dry_run, finish_run, plain_hparams, prepare_run
 
 log = logging.getLogger("metis.train")
 

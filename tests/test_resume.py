@@ -65,7 +65,7 @@ def test_sigusr1_after_fit_is_logged_not_fatal(caplog):
     import os
     import signal
 
-    from metis.utils.run import _ignore_late_requeue_signal
+    from metis.launch.run import _ignore_late_requeue_signal
 
     before = signal.getsignal(signal.SIGUSR1)
     try:

@@ -12,7 +12,8 @@ reads the inputs. :mod:`metis.curation.synthetic_raw` and :mod:`metis.curation.f
 planted raw set, planted policy and rule-based judge server for tests and offline demos.
 """
 
-from metis.curation.io import ResultLog, Sample, SampleSource
+from metis.curation.io import ResultLog
+from metis.data.samples import Sample, SampleSource
 from metis.curation.runner import Stage, StageAborted, run_stage
 
 __all__ = ["ResultLog", "Sample", "SampleSource", "Stage", "StageAborted", "run_stage"]

@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from metis.curation.io import Sample
+from metis.data.samples import Sample
 from metis.io.chat_client import BadReply
 from metis.curation.reexecute import split_images
 from metis.curation.runner import Stage, StageAborted

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from metis.curation.io import CATEGORIES, Sample, category_of
+from metis.data.samples import CATEGORIES, Sample, category_of
 from metis.curation.runner import Stage
 
 PAPER_RL_MIX = {"perception": 0.45, "search": 0.36, "math": 0.19}

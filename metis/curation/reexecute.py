@@ -32,7 +32,7 @@ from typing import Any
 from PIL import Image
 
 from metis.curation.compare import compare_observation, normalize_text
-from metis.curation.io import Sample
+from metis.data.samples import Sample
 from metis.curation.runner import Stage, StageAborted
 from metis.data.schema import TrajectoryRecord, parts_text
 

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metis.curation.io import FINAL_STATUSES, ResultLog, Sample, SampleSource, write_records_atomic
+from metis.curation.io import FINAL_STATUSES, ResultLog, write_records_atomic
+from metis.data.samples import Sample, SampleSource
 from metis.data.schema import TrajectoryRecord
 
 log = logging.getLogger("metis.curation")

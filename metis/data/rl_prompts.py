@@ -34,8 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
-from metis.data.prompts import PromptDataModule
 from metis.core.task import Task
+from metis.data.prompts import PromptDataModule
+from metis.data.rollout_records import task_from_record
+from metis.data.samples import SampleSource
+from metis.data.schema import parts_text
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,9 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def open_rows(source: str, image_root: str | None = None, max_rows: int | None = None):
     """The rows of ``source`` (parquet file / folder / hub id), scanned once, decoded lazily.
 
-    The one place that reads the table: returns a :class:`metis.curation.io.SampleSource`
+    The one place that reads the table: returns a :class:`metis.data.samples.SampleSource`
     (``len``, ``errors`` of the scan, ``load(i)`` -> a record with decoded images).
     """
-    from metis.curation.io import SampleSource
-
     path = Path(str(source)).expanduser()
     if not path.exists():
         if path.suffix or str(source).startswith((".", "/", "~")) or not _HUB_ID_RE.match(str(source)):
@@ -85,8 +86,6 @@ def route_verifier(data_source: str, ability: str | None, routes: Mapping[str, s
 
 def _prompt_text(record) -> tuple[str, str | None]:
     """(user text with ``<image>`` placeholders, system text or None) of a prompt record."""
-    from metis.data.schema import parts_text
-
     user = next((m for m in record.messages if m["role"] == "user"), None)
     system = next((m for m in record.messages if m["role"] == "system"), None)
     return (parts_text(user["content"]) if user else ""), (parts_text(system["content"]) if system else None)
@@ -156,8 +155,6 @@ class RLPromptRows:
 
     def task(self, i: int) -> Task | None:
         """The prompt of row ``i`` with decoded images; None (counted) when its images do not decode."""
-        from metis.data.converters import task_from_record
-
         sample = self.rows.load(i)
         if sample.error is not None:
             self._skip(sample.error, f"row {i}: {sample.detail}")

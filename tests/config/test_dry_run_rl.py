@@ -20,8 +20,8 @@ from judge_server import VerdictServer
 from metis.core.format import build_system_prompt
 from metis.data.sft import agent_system_prompt
 from metis.data.sft_synthetic import metis_system_prompt
-from metis.utils.run import dry_run as run_dry
-from metis.utils.validate import ConfigError
+from metis.launch.run import dry_run as run_dry
+from metis.launch.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "data"))

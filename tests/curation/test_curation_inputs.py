@@ -14,7 +14,7 @@ from curation_helpers import curate_cfg, results
 
 from metis.curate import curate
 from metis.curation.compare import compare_observation, sections
-from metis.curation.io import Sample, SampleSource
+from metis.data.samples import Sample, SampleSource
 from metis.curation.judge import JudgeStage
 from metis.curation.policy import NoToolSolvableStage
 from metis.curation.runner import Stage, StageAborted, run_stage

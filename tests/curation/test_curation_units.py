@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from metis.curation.compare import compare_observation, image_distance, normalize_text, texts_match
-from metis.curation.io import ResultLog, SampleSource, category_of, from_verl_row
+from metis.curation.io import ResultLog
+from metis.data.samples import SampleSource, category_of, from_verl_row
 from metis.curation.judge import parse_judgement, render_transcript
 from metis.io.chat_client import BadReply, ChatClient
 from metis.curation.reexecute import split_images

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from rl_rows import png, rl_rows, row, write_rl_parquet
 
-from metis.curation.io import SampleSource
+from metis.data.samples import SampleSource
 from metis.data.rl_prompts import RLPromptDataModule
 from metis.utils.wandb_offline import read_history
 

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metis.utils.validate import check_resources, search_backends, validate_config
+from metis.launch.validate import check_resources, search_backends, validate_config
 
 log = logging.getLogger("metis")
 
@@ -86,7 +86,7 @@ def prepare_run(cfg: DictConfig) -> Run:
 def dry_run(cfg: DictConfig) -> dict[str, float]:
     """Validate a config without hardware or weights: resolve it, check values and types, build the
     cheap parts, read the first rows of an RL prompt set, import the verifiers, ask the judge, and
-    check that the search back-ends exist (:mod:`metis.utils.validate`)."""
+    check that the search back-ends exist (:mod:`metis.launch.validate`)."""
     import hydra
 
     validate_config(cfg, check_hardware=False)
