@@ -107,6 +107,7 @@ class RLPromptRows:
         self.rows = open_rows(source, image_root, max_rows)
         self.skipped: Counter[str] = Counter()
         self._reported: set[str] = set()
+        self._undecodable: set[int] = set()
         for i, (kind, detail) in sorted(self.rows.errors.items()):
             self._skip(kind, f"row {i}: {detail}")
         self.usable = [i for i in range(len(self.rows)) if i not in self.rows.errors]
@@ -155,8 +156,11 @@ class RLPromptRows:
 
     def task(self, i: int) -> Task | None:
         """The prompt of row ``i`` with decoded images; None (counted) when its images do not decode."""
+        if i in self._undecodable:
+            return None
         sample = self.rows.load(i)
-        if sample.error is not None:
+        if sample.error is not None:  # counted once, then passed over on later draws
+            self._undecodable.add(i)
             self._skip(sample.error, f"row {i}: {sample.detail}")
             return None
         record = sample.record

@@ -54,6 +54,8 @@ def test_rows_are_scanned_without_decoding_and_decoded_per_draw(tmp_path, monkey
     assert again.splits["val"].indices == val.indices
     tasks = list(train) + list(val)  # draws decode; the truncated row is replaced by the next of its split
     assert len(tasks) == 13 and len(loads) == 14 and dm.skipped["corrupt_image"] == 2
+    _ = list(train) + list(val)  # a second epoch: the undecodable row is not counted again
+    assert dm.skipped["corrupt_image"] == 2
     assert dm.metrics()["data/skipped_rows"] == 3.0
     by_source = {t.data_source: t for t in tasks}
     assert {s: t.verifier for s, t in by_source.items()} == {"geo_math": "math", "chart_mc": "multiple_choice",
