@@ -127,3 +127,20 @@ def test_a_secret_left_by_a_is_not_found_by_b_on_the_same_uid(mode, monkeypatch)
         assert places == [], places
     finally:
         tool.close()
+
+
+def test_forked_interpreters_cannot_see_each_others_scratch_dirs():
+    """The fork server's interpreters share one bwrap: each sees only its own scratch dir
+    (``/scratches``, which holds all of them, is covered and cannot be unmounted)."""
+    tool = PythonTool(sandbox="auto", pool_size=0)
+    try:
+        if tool.zygote is None:
+            pytest.skip("the fork server runs with bwrap as root")
+        assert tool.call("a", {"code": "open('mine.txt', 'w').write('A')"}).error is None
+        code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "print(os.listdir('/scratches'), os.listdir('.'), "
+                "libc.umount2(b'/scratches', 2), ctypes.get_errno())")
+        obs = tool.call("b", {"code": code})
+        assert obs.text.endswith("[] ['.mpl'] -1 1\n") or obs.text.endswith("[] [] -1 1\n"), obs.text
+    finally:
+        tool.close()
