@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +50,37 @@ def test_last_row_of_a_key_wins_and_rows_without_it_are_skipped(tmp_path):
     assert JsonlLog(tmp_path / "nothing.jsonl").latest("id") == {}
 
 
-def test_concurrent_appends_from_threads_lose_and_tear_nothing(tmp_path):
+class SplitWrites:
+    """A file whose every write reaches the disk in two halves, with a pause between them."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+
+    def write(self, blob: bytes) -> int:
+        half = len(blob) // 2
+        self._fh.write(blob[:half])
+        self._fh.flush()
+        time.sleep(0.0005)  # another thread's unlocked write would land here
+        return half + self._fh.write(blob[half:])
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> "SplitWrites":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+@pytest.mark.parametrize("split_writes", [False, True], ids=["os-writes", "split-writes"])
+def test_concurrent_appends_from_threads_lose_and_tear_nothing(tmp_path, monkeypatch, split_writes):
+    """Rows appended from 8 threads at once all come back whole. ``split-writes`` makes each write
+    non-atomic (as a large write or a network file system may be), so only the lock keeps rows apart."""
+    if split_writes:
+        real_open = Path.open
+        monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **kw: SplitWrites(real_open(self, mode, *a, **kw))
+                            if mode == "a+b" else real_open(self, mode, *a, **kw))
     path = tmp_path / "log.jsonl"
     threads_n, per_thread = 8, 60
     payload = "x" * 20_000  # rows larger than the I/O buffers, so an unlocked write could interleave
