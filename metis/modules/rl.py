@@ -8,6 +8,7 @@ from :mod:`metis.rl` (the scheme and objective are picked by Hydra), rollouts fr
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +23,6 @@ from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.metrics import engine_logprob_gap, rollout_metrics
 from metis.core.task import Task
 from metis.core.trajectory import Trajectory
-from metis.io.jsonl import JsonlLog
 from metis.modules.sharding import apply_fsdp2, export_policy, gathered, is_sharded
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
@@ -264,14 +264,14 @@ class RLModule(L.LightningModule):
     def _save_rollouts(self, trajs, scores: RolloutScores, result, split: str) -> None:
         if self.rollout_log_dir is None or self.trainer.global_rank != 0:
             return
-        rows = []
-        for i, t in enumerate(trajs):
-            rec = t.summary() | {"rl_step": self.rl_step, "r_ans": float(scores.r_ans[i]),
-                                 "r_fmt": float(scores.r_fmt[i])}
-            if result is not None:
-                rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
-            rows.append(rec)
-        JsonlLog(self.rollout_log_dir / f"{split}.jsonl", fsync=False, default=str).append(rows)
+        self.rollout_log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.rollout_log_dir / f"{split}.jsonl", "a") as fh:
+            for i, t in enumerate(trajs):
+                rec = t.summary() | {"rl_step": self.rl_step, "r_ans": float(scores.r_ans[i]),
+                                     "r_fmt": float(scores.r_fmt[i])}
+                if result is not None:
+                    rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
+                fh.write(json.dumps(rec, default=str) + "\n")
 
     # ---- state -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
