@@ -18,9 +18,6 @@ rest:
 * on completion the kept records (annotated by the stage, in input order) are written atomically
   to ``kept.parquet`` and the report to ``report.md`` / ``report.json`` (and the logger).
 
-``METIS_CURATE_KILL_AT_BATCH=<n>`` SIGKILLs the process after the ``n``-th batch of this run was
-processed and before its rows are written (the resume tests use it).
-
 Deliberate simplifications: batches run one after the other (parallelism lives inside a stage);
 the kept set is rewritten whole at the end of each completed run.
 """
@@ -29,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -105,11 +100,6 @@ def seed_all(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _fault_point(batch_number: int) -> None:
-    if os.environ.get("METIS_CURATE_KILL_AT_BATCH") == str(batch_number):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def bad_input_row(sample: Sample) -> dict[str, Any]:
     return {"id": sample.id, "status": "bad_input", "reason": sample.error,
             "details": {"row": sample.index, "detail": sample.detail}}
@@ -161,7 +151,6 @@ def run_stage(stage: Stage, source: SampleSource, out_dir: str | Path, *, batch_
                     raise RuntimeError(f"stage {stage.name} returned {len(out_rows)} rows for {len(valid)} samples")
                 wanted = {source.ids[i] for i in todo}
                 rows += [r for r in out_rows if r["id"] in wanted]
-            _fault_point(stats["batches_run"])
             results.append(rows)
             stats["batches_run"] += 1
             stats["processed"] += len(rows)

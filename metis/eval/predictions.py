@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from metis.eval.formats import EvalError, is_missing
-from metis.eval.runner import iter_jsonl, read_predictions
+from metis.eval.runner import read_predictions
+from metis.io.jsonl import iter_jsonl
 
 ID_COLUMNS = ("index", "id", "pid", "sample_index", "question_id", "ID", "Question_id")
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from metis.agent.loop import AgentLoop
 from metis.core.task import Task
 from metis.eval.fingerprint import task_input_sha
+from metis.io.jsonl import JsonlLog
 from metis.rl.rewards import extract_answer
 
 log = logging.getLogger("metis.eval")
@@ -62,28 +62,10 @@ def trajectory_record(traj, benchmark: str, elapsed_s: float = 0.0) -> dict[str,
             "observations": observations, "elapsed_s": round(elapsed_s, 3), "error": None}
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for each JSON object line; torn or non-object lines are logged and skipped."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                rec = None
-            if not isinstance(rec, dict):
-                log.warning("%s:%d: unreadable line ignored", path, n)
-                continue
-            yield n, rec
-
-
 def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
     """id -> the last record of that id (a good record is never replaced by a later error one)."""
     out: dict[str, dict[str, Any]] = {}
-    if not Path(path).exists():
-        return out
-    for n, rec in iter_jsonl(path):
+    for n, rec in JsonlLog(path).rows():
         if rec.get("id") is None:
             log.warning("%s:%d: prediction without id ignored", path, n)
             continue
@@ -143,8 +125,9 @@ class EvalRunner:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._written: set[str] = set()
         self._input_sha: dict[str, str] = {}
-        if not resume and self.path.exists():
-            os.replace(self.path, self.path.with_name(self.path.name + ".bak"))
+        self._log = JsonlLog(self.path)
+        if not resume:
+            self._log.set_aside()
 
     @property
     def agent(self):
@@ -166,11 +149,7 @@ class EvalRunner:
         return {t.id for t in tasks if self.reusable(known.get(t.id), t)}
 
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        self._log.append(records)
         self._written.update(str(r["id"]) for r in records)
 
     def _stamp(self, rec: dict[str, Any], task: Task) -> dict[str, Any]:

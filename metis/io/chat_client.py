@@ -8,9 +8,9 @@ retries are spent, :class:`JudgeUnavailable` is raised (:class:`BadReply`, a
 subclass, when the server answered but never parseably). Other 4xx raise at once. Nothing is ever
 scored silently.
 
-The cache is JSON lines: ``{"key", "reply"}`` with ``key = sha256(model, messages, prompt_version)``;
-a reply is written the moment it is parsed, so a process killed right after a request never asks
-again for it. A torn last line is skipped.
+The cache is a :class:`metis.io.jsonl.JsonlLog`: rows ``{"key", "reply"}`` with
+``key = sha256(model, messages, prompt_version)``; a reply is written (and fsynced) the moment it is
+parsed, so a process killed right after a request never asks again for it. A torn last line is skipped.
 
 Deliberate simplifications: one request per call (no batching API); concurrent calls for the same
 new key may both reach the server; the cache holds raw replies and is re-parsed on a hit.
@@ -29,6 +29,7 @@ from typing import Any, Callable, TypeVar
 import httpx
 
 from metis.io.http import is_retryable, retry_delay
+from metis.io.jsonl import JsonlLog
 
 T = TypeVar("T")
 
@@ -71,16 +72,13 @@ class ChatClient:
         self._lock = threading.Lock()
         self._cache: dict[str, str] = {}
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self._log = JsonlLog(self.cache_path) if self.cache_path is not None else None
         self.requests = 0
         self.cache_hits = 0
-        if self.cache_path is not None and self.cache_path.exists():
-            with self.cache_path.open("r", encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        row = json.loads(line)
-                        self._cache[str(row["key"])] = str(row["reply"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
+        if self._log is not None:
+            for _, row in self._log.rows():
+                if "key" in row and "reply" in row:
+                    self._cache[str(row["key"])] = str(row["reply"])
 
     def cache_key(self, messages: list[dict[str, Any]]) -> str:
         blob = json.dumps([self.model, self.prompt_version, messages], ensure_ascii=False, sort_keys=True)
@@ -89,12 +87,8 @@ class ChatClient:
     def _store(self, key: str, reply: str) -> None:
         with self._lock:
             self._cache[key] = reply
-            if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            if self._log is not None:
+                self._log.append([{"key": key, "reply": reply}])
 
     def complete(self, messages: list[dict[str, Any]], parse: Callable[[str], T | None]) -> tuple[T, str]:
         """``(parse(reply), reply)``; a cached reply is reused without a request."""

@@ -1,7 +1,7 @@
 """LLM-as-judge answer checking (the paper scores answers with an LLM judge: CORRECT/INCORRECT).
 
 Talks to any OpenAI-compatible chat-completions server (OpenAI, vLLM, SGLang) over httpx.
-A verdict is cached on disk (JSON lines) under sha256(question, ground truth, prediction, model,
+A verdict is cached on disk (a :class:`metis.io.jsonl.JsonlLog`) under sha256(question, ground truth, prediction, model,
 prompt version), so each triple is judged once across runs.
 
 Failure policy: a server that is down, times out, answers 5xx/429 or replies with something
@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from metis.io.chat_client import ChatClient, JudgeUnavailable  # noqa: F401  (JudgeUnavailable re-exported)
+from metis.io.jsonl import JsonlLog
 from metis.rl.verifiers import max_over_truths
 
 JUDGE_PROMPT_VERSION = "v1"
@@ -93,9 +94,10 @@ class LLMJudge:
         self._lock = threading.Lock()
         self._cache: dict[str, float] = {}
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self._log = JsonlLog(self.cache_path) if self.cache_path is not None else None
         self.cache_hits = 0
-        if self.cache_path is not None and self.cache_path.exists():
-            self._load_cache(self.cache_path)
+        if self._log is not None:
+            self._load_cache(self._log)
 
     @property
     def requests(self) -> int:
@@ -103,14 +105,12 @@ class LLMJudge:
         return self._chat.requests
 
     # ------------------------------------------------------------------ cache
-    def _load_cache(self, path: Path) -> None:
-        with path.open("r", encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                    self._cache[str(row["key"])] = float(row["score"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line after a crash is skipped, not fatal
+    def _load_cache(self, cache: JsonlLog) -> None:
+        for _, row in cache.rows():  # a torn last line after a crash is skipped, not fatal
+            try:
+                self._cache[str(row["key"])] = float(row["score"])
+            except (ValueError, KeyError, TypeError):
+                continue
 
     def cache_key(self, question: str, ground_truth: str, prediction: str) -> str:
         blob = json.dumps([question, ground_truth, prediction, self.model, self.prompt_version], ensure_ascii=False)
@@ -119,10 +119,8 @@ class LLMJudge:
     def _store(self, key: str, score: float, reply: str) -> None:
         with self._lock:
             self._cache[key] = score
-            if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"key": key, "score": score, "reply": reply[:500]}) + "\n")
+            if self._log is not None:
+                self._log.append([{"key": key, "score": score, "reply": reply[:500]}])
 
     # ------------------------------------------------------------------ requests
     def _ask(self, content: str) -> tuple[float, str]:

@@ -17,17 +17,21 @@ from metis.curate import curate
 from metis.curation.runner import StageAborted
 
 
-def judge_cli(root: Path, raw: dict, url: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "metis.curate", "stage=judge", f"root={root}", f"stage.input={raw['sft']}",
+def judge_cli(root: Path, raw: dict, url: str, kill_at_batch: int | None = None) -> subprocess.CompletedProcess:
+    """The curation CLI; with ``kill_at_batch`` it SIGKILLs itself before that batch's rows are written."""
+    entry = ["-m", "metis.curate"] if kill_at_batch is None else \
+        [str(Path(__file__).with_name("curate_killed.py")), str(kill_at_batch)]
+    cmd = [sys.executable, *entry, "stage=judge", f"root={root}", f"stage.input={raw['sft']}",
            "batch_size=4", "~logger", "progress=false", *judge_overrides(url)]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_killed_judge_stage_resumes_without_repeating_requests(tmp_path, raw_small, judge_server):
     server = judge_server()
     root = tmp_path / "killed"
     # SIGKILL after the third batch's requests were answered but before its rows were written
-    killed = judge_cli(root, raw_small, server.url, {"METIS_CURATE_KILL_AT_BATCH": "2"})
+    killed = judge_cli(root, raw_small, server.url, kill_at_batch=2)
     assert killed.returncode == -9, killed.stderr[-2000:]
     finished = results(root / "judge")
     assert len(finished) == 8 and not (root / "judge" / "kept.parquet").exists()
