@@ -83,7 +83,10 @@ def draw_section(section: Section, groups: dict[str, list[RunData]], path: Path,
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.4 * rows + 0.6), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
     colors = plt.cm.tab10.colors
+    last = max((row["rl_step"] for runs in groups.values() for r in runs for row in r.rows), default=1)
     for ax, panel in zip(axes.flat, section.panels):
         for i, (label, runs) in enumerate(groups.items()):
             color = colors[i % len(colors)]
@@ -100,6 +103,8 @@ def draw_section(section: Section, groups: dict[str, list[RunData]], path: Path,
                     ax.fill_between(c.steps, lo, hi, color=color, alpha=0.15 if split == "train" else 0.08, lw=0)
         ax.set_title(panel.title, fontsize=9)
         ax.set_xlabel("RL step", fontsize=8)
+        ax.set_xlim(-0.02 * last, last * 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         if panel.unit_range:
             ax.set_ylim(-0.03, 1.03)

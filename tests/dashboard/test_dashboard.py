@@ -116,3 +116,27 @@ def test_help_documents_itself(capsys):
     text = capsys.readouterr().out
     for opt in ("--out", "--group-by", "--smooth", "--wandb", "--group", "--print-spec"):
         assert opt in text
+
+
+def test_the_miniature_sweep_groups_into_its_nine_arms(tmp_path):
+    """The real arm configs (experiment=miniature/<arm>, seeds 0-2) group into one arm each."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    arms = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf/experiment/miniature").glob("*.yaml"))
+    assert len(arms) == 9
+    root = tmp_path / "miniature" / "rl"
+    i = 0
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        for arm in arms:
+            cfg = compose("config", overrides=[f"experiment=miniature/{arm}"])
+            reward = OmegaConf.to_container(cfg.reward)
+            for seed in (0, 1, 2):
+                d = write_run(root / str(i), reward, seed, [1.0, 0.5])
+                full = OmegaConf.to_container(cfg)  # unresolved: ${hydra:...} needs a running app
+                full["seed"] = seed
+                (d / "config.yaml").write_text(yaml.safe_dump(full))
+                i += 1
+    groups = label_runs([load_run(d) for d in find_runs([str(root)])])
+    assert len(groups) == 9 and all(len(v) == 3 for v in groups.values())
+    assert "grpo" in groups and "hdpo, w_tool=0.15" in groups and "coupled, alpha=0.05" in groups
