@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="rebuild in a temporary folder and compare with the manifest")
     p.add_argument("--tolerance", type=float, default=2 / VAL_PROMPTS, help="allowed absolute difference per rate")
+    p.add_argument("--out", type=Path, default=ASSET, help="where to ship it (default metis/assets/coldstart_marker)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides of the recipe (not for the shipped build)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,19 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         hf, seconds = build(work, args.overrides)
         measured = behaviour(hf, work)
         if args.check:
-            manifest = json.loads((ASSET / "manifest.json").read_text())
+            manifest = json.loads((args.out / "manifest.json").read_text())
             diffs = compare(measured, manifest["behaviour"], args.tolerance)
             print(json.dumps({"rebuilt": measured, "shipped": manifest["behaviour"], "build_s": round(seconds)}, indent=1))
             if diffs:
                 print("the rebuilt cold start behaves differently:\n  " + "\n  ".join(diffs), file=sys.stderr)
                 return 1
             return 0
-        ASSET.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)
         files = {}
         for name in FILES:
             if (hf / name).exists():
-                shutil.copy2(hf / name, ASSET / name)
-                files[name] = {"sha256": sha256(ASSET / name), "bytes": (ASSET / name).stat().st_size}
+                shutil.copy2(hf / name, args.out / name)
+                files[name] = {"sha256": sha256(args.out / name), "bytes": (args.out / name).stat().st_size}
         manifest = {
             "recipe": f"python -m metis.train {RECIPE}" + "".join(f" {o}" for o in args.overrides),
             "built_by": "python scripts/build_coldstart.py",
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             "behaviour_of": f"greedy, first {VAL_PROMPTS} val prompts of the marker task (make_splits seed 0), "
                             "python tool (experiments/miniature/eval_policy.py)",
         }
-        (ASSET / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         print(json.dumps(manifest, indent=1))
     return 0
 

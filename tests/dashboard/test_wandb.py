@@ -4,6 +4,7 @@ workspace built offline (its spec, without a server)."""
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -37,6 +38,11 @@ def test_rl_metrics_are_defined_against_the_rl_step(tmp_path, monkeypatch):
     logger.experiment.finish()
 
     wandb_dir = next((run_dir / "wandb").glob("offline-run-*"))
+    # finish() can return before wandb-core has written the log out: wait for its exit record
+    deadline = time.monotonic() + 180
+    while not any(r.WhichOneof("record_type") == "exit" for r in read_records(wandb_dir)):
+        assert time.monotonic() < deadline, "the offline W&B log never got its exit record"
+        time.sleep(0.5)
     defined = {}
     for rec in read_records(wandb_dir):
         if rec.WhichOneof("record_type") == "metric":
