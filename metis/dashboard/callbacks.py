@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger(__name__)
 
 STEP_METRIC = "train/rl_step"
-RL_GLOBS = ("train/*", "val/*")
+VAL_STEP_METRIC = "val/rl_step"   # the RL step a validation ran after (0: before training)
+STEP_OF = {"train/": STEP_METRIC, "val/": VAL_STEP_METRIC}
 
 
 def _wandb_runs(trainer) -> list:
@@ -23,12 +24,14 @@ def _wandb_runs(trainer) -> list:
 
 
 class RLStepAxis(Callback):
-    """Define every ``train/*`` and ``val/*`` metric against ``train/rl_step`` in W&B.
+    """Define every ``train/*`` metric against ``train/rl_step`` and every ``val/*`` metric against
+    ``val/rl_step`` in W&B, and log ``val/rl_step`` with each validation.
 
     Lightning's WandbLogger plots against ``trainer/global_step``, an optimizer step (several per
     RL step with PPO mini-batches or epochs). The globs are defined at the start and each metric
     again by its exact name once it appears (an exact definition wins over the logger's own
-    ``*`` glob); ``step_sync`` fills ``train/rl_step`` into the validation rows."""
+    ``*`` glob). Validation rows carry their own ``val/rl_step`` rather than a synced
+    ``train/rl_step``: readers take the rows holding ``train/rl_step`` for the training rows."""
 
     def __init__(self) -> None:
         self._defined: set[str] = set()
@@ -36,24 +39,29 @@ class RLStepAxis(Callback):
     def _define(self, trainer, keys) -> None:
         if trainer.global_rank != 0:
             return
-        new = [k for k in keys if k not in self._defined and k != STEP_METRIC]
+        new = [k for k in keys if k not in self._defined and k not in STEP_OF.values()]
         if not new:
             return
         for run in _wandb_runs(trainer):
-            if STEP_METRIC not in self._defined:
-                run.define_metric(STEP_METRIC)
+            for step in STEP_OF.values():
+                if step not in self._defined:
+                    run.define_metric(step)
             for key in new:
-                run.define_metric(key, step_metric=STEP_METRIC, step_sync=True)
+                run.define_metric(key, step_metric=STEP_OF[key[:key.index("/") + 1]])
         self._defined.update(new)
-        self._defined.add(STEP_METRIC)
+        self._defined.update(STEP_OF.values())
 
     def on_train_start(self, trainer, pl_module) -> None:
         if hasattr(pl_module, "rl_step"):
-            self._define(trainer, RL_GLOBS)
+            self._define(trainer, ("train/*", "val/*"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if hasattr(pl_module, "rl_step"):
             self._define(trainer, [k for k in trainer.callback_metrics if k.startswith(("train/", "val/"))])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if hasattr(pl_module, "rl_step") and not trainer.sanity_checking:
+            pl_module.log(VAL_STEP_METRIC, float(pl_module.rl_step), batch_size=1)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if hasattr(pl_module, "rl_step") and not trainer.sanity_checking:
@@ -117,7 +125,7 @@ class ValidateAtStart(Callback):
         self.before = {f"val/{k}": v for k, v in metrics.items()}
         if trainer.global_rank == 0 and self.before:
             for lg in trainer.loggers:
-                lg.log_metrics({**self.before, STEP_METRIC: 0.0}, step=trainer.global_step)
+                lg.log_metrics({**self.before, VAL_STEP_METRIC: 0.0}, step=trainer.global_step)
             log.info("validation before RL step 1: accuracy %.3f, tool-call rate %.3f",
                      self.before.get("val/accuracy", float("nan")),
                      self.before.get("val/tool_call_rate", float("nan")))

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import yaml
 
 STEP = "train/rl_step"
+VAL_STEP = "val/rl_step"
 # config keys that never make two runs different arms: the seed, where things are written, logging
 IGNORED_PREFIXES = ("seed", "paths.", "hydra.", "logger.", "callbacks.", "ckpt_path", "tags", "group",
                     "task_name", "dry_run", "model.init_from", "module.rollout_log_dir", "model.cache_dir")
@@ -74,14 +75,14 @@ def _number(value: Any) -> float | None:
 
 
 def with_rl_steps(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Numeric rows in log order, each with ``rl_step``: its own ``train/rl_step`` or, for a
-    validation row, the last RL step logged before it (0 before the first step)."""
+    """Numeric rows in log order, each with ``rl_step``: its own ``train/rl_step``, a validation
+    row's ``val/rl_step``, or else the last RL step logged before it (0 before the first step)."""
     out, step = [], 0.0
     for row in rows:
         nums = {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None}
         if STEP in nums:
             step = nums[STEP]
-        nums["rl_step"] = step
+        nums["rl_step"] = nums.get(VAL_STEP, step) if STEP not in nums else step
         out.append(nums)
     return out
 

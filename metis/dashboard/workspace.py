@@ -1,13 +1,14 @@
 """A saved W&B workspace with the dashboard's panels (``wandb-workspaces``), for runs on a server.
 
-Each panel plots ``train/<metric>`` and ``val/<metric>`` against ``train/rl_step``; the runs of a W&B
+Each panel plots ``train/<metric>`` against ``train/rl_step`` (sampled rollouts) or ``val/<metric>``
+against ``val/rl_step`` (greedy validation, 0 = before training); the runs of a W&B
 group are grouped by a config key (the reward scheme by default), drawn as the group mean with a
 standard-error band (W&B offers no 95 % interval; the PNG dashboard draws that).
 """
 
 from __future__ import annotations
 
-from metis.dashboard.callbacks import STEP_METRIC
+from metis.dashboard.callbacks import STEP_METRIC, STEP_OF
 from metis.dashboard.panels import SECTIONS
 
 
@@ -20,10 +21,10 @@ def build_workspace(entity: str, project: str, group: str | None = None, group_k
     sections = []
     for i, section in enumerate(SECTIONS):
         panels = [
-            wr.LinePlot(title=p.title, x=STEP_METRIC, y=[f"train/{p.metric}", f"val/{p.metric}"],
+            wr.LinePlot(title=f"{p.title} ({split})", x=STEP_OF[f"{split}/"], y=[f"{split}/{p.metric}"],
                         groupby=wr.Config(group_key), groupby_aggfunc="mean", groupby_rangefunc="stderr",
                         range_y=(0, 1) if p.unit_range else (None, None), title_x="RL step")
-            for p in section.panels]
+            for p in section.panels for split in ("train", "val")]
         sections.append(ws.Section(name=section.name, panels=panels, is_open=i < 2,
                                    panel_settings=ws.SectionPanelSettings(x_axis=STEP_METRIC)))
     filters = [ws.Metric("Group") == group] if group else []

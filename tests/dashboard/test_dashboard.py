@@ -53,8 +53,9 @@ def sweep(tmp_path) -> Path:
 
 def test_rows_get_rl_steps_validation_takes_the_last_training_step():
     rows = with_rl_steps([{"val/accuracy": "0.5"}, {"train/rl_step": 1, "train/accuracy": 0.1},
-                          {"train/rl_step": 2}, {"val/accuracy": 0.7, "junk": ""}])
-    assert [r["rl_step"] for r in rows] == [0, 1, 2, 2]
+                          {"train/rl_step": 2}, {"val/accuracy": 0.7, "junk": ""}, {"train/rl_step": 3},
+                          {"val/accuracy": 0.8, "val/rl_step": 3}])
+    assert [r["rl_step"] for r in rows] == [0, 1, 2, 2, 3, 3]
     assert rows[0]["val/accuracy"] == 0.5 and "junk" not in rows[3]
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from metis.dashboard.__main__ import main
-from metis.dashboard.callbacks import STEP_METRIC, RLStepAxis
+from metis.dashboard.callbacks import STEP_METRIC, VAL_STEP_METRIC, RLStepAxis
 from metis.dashboard.panels import SECTIONS
 from metis.dashboard.runs import load_run
 from metis.dashboard.workspace import build_workspace, parse_project
@@ -18,6 +18,8 @@ from metis.utils.wandb_offline import read_records
 
 
 def test_rl_metrics_are_defined_against_the_rl_step(tmp_path, monkeypatch):
+    """train/* against train/rl_step, val/* against val/rl_step (validation rows keep no
+    train/rl_step: readers count the rows holding it as training rows)."""
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -30,11 +32,11 @@ def test_rl_metrics_are_defined_against_the_rl_step(tmp_path, monkeypatch):
     module = SimpleNamespace(rl_step=0)
     cb = RLStepAxis()
     cb.on_train_start(trainer, module)
-    logger.log_metrics({"val/accuracy": 0.25, STEP_METRIC: 0.0}, step=0)   # the step-0 validation
+    logger.log_metrics({"val/accuracy": 0.25, VAL_STEP_METRIC: 0.0}, step=0)   # ValidateAtStart's row
     for step in (1, 2):
         logger.log_metrics({"train/accuracy": 0.5 * step, STEP_METRIC: float(step)}, step=step - 1)
         cb.on_train_batch_end(trainer, module, None, None, step - 1)
-    logger.log_metrics({"val/accuracy": 0.75}, step=1)
+    logger.log_metrics({"val/accuracy": 0.75, VAL_STEP_METRIC: 2.0}, step=1)
     logger.experiment.finish()
 
     wandb_dir = next((run_dir / "wandb").glob("offline-run-*"))
@@ -48,8 +50,13 @@ def test_rl_metrics_are_defined_against_the_rl_step(tmp_path, monkeypatch):
         if rec.WhichOneof("record_type") == "metric":
             m = rec.metric
             defined[m.name or m.glob_name] = m.step_metric
-    for key in ("train/*", "val/*", "train/accuracy", "val/accuracy"):
+    for key in ("train/*", "train/accuracy"):
         assert defined.get(key) == STEP_METRIC, (key, defined)
+    for key in ("val/*", "val/accuracy"):
+        assert defined.get(key) == VAL_STEP_METRIC, (key, defined)
+    from metis.utils.wandb_offline import read_history
+
+    assert [r[STEP_METRIC] for r in read_history(wandb_dir) if STEP_METRIC in r] == [1.0, 2.0]
     assert "accuracy" not in defined  # the progress-bar copy is not a logged metric
     run = load_run(run_dir)
     assert run.series("val/accuracy") == {0.0: 0.25, 2.0: 0.75}
@@ -61,9 +68,9 @@ def test_workspace_has_the_dashboard_panels_against_the_rl_step():
     assert [s.name for s in ws.sections] == [s.name for s in SECTIONS]
     assert ws.settings.x_axis == STEP_METRIC
     panels = [p for s in ws.sections for p in s.panels]
-    assert len(panels) == sum(len(s.panels) for s in SECTIONS)
-    first = panels[0]
-    assert first.x == STEP_METRIC and first.y == ["train/accuracy", "val/accuracy"]
+    assert len(panels) == 2 * sum(len(s.panels) for s in SECTIONS)   # training and validation
+    assert (panels[0].x, panels[0].y) == (STEP_METRIC, ["train/accuracy"])
+    assert (panels[1].x, panels[1].y) == (VAL_STEP_METRIC, ["val/accuracy"])
     spec = json.dumps(ws._to_model().model_dump(by_alias=True, exclude_none=True))
     assert '"groupBy": "reward.value.name"' in spec  # every panel grouped by the reward scheme
     assert "miniature" in spec and '"xAxis": "train/rl_step"' in spec
