@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             manifest = json.loads((args.out / "manifest.json").read_text())
             diffs = compare(measured, manifest["behaviour"], args.tolerance)
-            print(json.dumps({"rebuilt": measured, "shipped": manifest["behaviour"], "build_s": round(seconds)}, indent=1))
+            report = {"rebuilt": measured, "shipped": manifest["behaviour"], "build_s": round(seconds)}
+            print(json.dumps(report, indent=1))
             if diffs:
                 print("the rebuilt cold start behaves differently:\n  " + "\n  ".join(diffs), file=sys.stderr)
                 return 1

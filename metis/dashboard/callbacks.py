@@ -95,7 +95,8 @@ class ValidateAtStart(Callback):
     """Validate the initial policy once before the first RL step, as ``val/*`` at RL step 0.
 
     Gives the summary its ``before -> after`` and every curve its starting point. Runs on a fresh
-    run (not on resume) when the trainer validates every N steps (``trainer.val_check_interval``);
+    run (not on resume) when the trainer validates every N steps (an integer
+    ``trainer.val_check_interval``);
     greedy decoding draws no random numbers, so the run's sampling is unchanged."""
 
     def __init__(self, enabled: bool = True) -> None:
@@ -106,7 +107,9 @@ class ValidateAtStart(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not (self.enabled and hasattr(pl_module, "agent") and hasattr(pl_module, "rl_step")):
             return
-        if pl_module.rl_step > 0 or trainer.val_check_interval is None or trainer.limit_val_batches == 0:
+        # an RL epoch is endless: the run validates only every N steps (an int; null becomes 1.0,
+        # "once per epoch", i.e. never)
+        if pl_module.rl_step > 0 or not isinstance(trainer.val_check_interval, int) or trainer.limit_val_batches == 0:
             return
         from metis.agent.metrics import rollout_metrics
         from metis.modules.sharding import gathered

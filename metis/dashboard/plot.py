@@ -111,7 +111,8 @@ def draw_section(section: Section, groups: dict[str, list[RunData]], path: Path,
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles = [Line2D([], [], color=colors[i % len(colors)], lw=2, label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
+    handles = [Line2D([], [], color=colors[i % len(colors)], lw=2,
+                      label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
                for i, (label, runs) in enumerate(groups.items())]
     handles += [Line2D([], [], color="k", ls="-", label="train (sampled rollouts)"),
                 Line2D([], [], color="k", ls="--", marker="o", ms=3, label="val (greedy)")]

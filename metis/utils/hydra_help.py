@@ -44,8 +44,8 @@ def asset_path(name: str) -> str:
     """``${metis_asset:<name>}``: the absolute path of a file or folder shipped in ``metis/assets``."""
     path = ASSETS_DIR / name
     if not path.exists():
-        raise FileNotFoundError(f"metis/assets/{name} is not in this checkout: build it with "
-                                f"`python scripts/build_coldstart.py` (the recipe: conf/experiment/coldstart_marker.yaml)")
+        raise FileNotFoundError(f"metis/assets/{name} is not in this checkout: build it with `python "
+                                "scripts/build_coldstart.py` (the recipe: conf/experiment/coldstart_marker.yaml)")
     return str(path)
 
 
