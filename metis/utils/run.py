@@ -155,7 +155,8 @@ def finish_run(run: Run, trainer, module) -> dict[str, float]:
     before = next((cb.before for cb in trainer.callbacks if getattr(cb, "before", None)), None)
     rl_step = getattr(module, "rl_step", None)
     lines += metric_lines(metrics, before, rl_step)
-    lines.append(f"  curves     : {dashboard_command(run.output_dir)}")
+    if rl_step is not None:  # the dashboard draws RL runs
+        lines.append(f"  curves     : {dashboard_command(run.output_dir)}")
     print("\n".join(lines), flush=True)
     return metrics
 
