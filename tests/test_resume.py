@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=1", "trainer.val_check_interval=null",
+COMMON = ["experiment=hdpo_tiny", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=1", "trainer.val_check_interval=null",
           "data.source.n_train=6", "data.prompts_per_step=2", "module.lr=1e-2", "rollout.n=2",
           "rollout.loop.max_new_tokens=24", "rollout.loop.max_response_tokens=96", "logger=csv"]
 

@@ -17,14 +17,17 @@ LOGGED = ["train/accuracy", "train/format_rate", "train/tool_call_rate", "train/
 
 def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, METIS_CACHE=str(tmp_path / "cache"), WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", "metis.train", f"hydra.run.dir={tmp_path / 'run'}", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "metis.train", "experiment=hdpo_tiny", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_bare_train_runs_and_leaves_wandb_history_and_checkpoint(tmp_path):
     out = run_cli(tmp_path, "trainer.max_steps=2", "data.val_prompts=2")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "W&B run" in out.stdout and "checkpoint" in out.stdout
+    # the summary: validation before -> after (step-0 validation), the curves' command; a sane bar, no adverts
+    assert "val accuracy" in out.stdout and " -> " in out.stdout and "python -m metis.dashboard" in out.stdout
+    assert "RL step" in out.stdout and "/1073741823" not in out.stdout and "Tip:" not in out.stdout + out.stderr
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "hf" / "config.json").exists() and (run_dir / "rollouts" / "train.jsonl").exists()

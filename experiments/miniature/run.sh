@@ -6,7 +6,8 @@
 #   3. every line of experiments/sweeps/miniature.txt (9 arms x 3 seeds) from $OUT/sft/hf,
 #      $JOBS at a time, one thread each
 #      (+ a greedy eval of each final policy on the 64 val prompts: $OUT/rl/<i>/final_eval.json)
-#   4. experiments/miniature/plot.py -> $OUT/summary.md, summary.csv, *.png
+#   4. python -m metis.dashboard $OUT/rl -> experiments/miniature/dashboard/ (curves per arm, seed
+#      means with 95% bands: <section>.png, index.html, summary.csv of the last validation)
 #
 #   bash experiments/miniature/run.sh
 #   SEEDS=0 ARMS="grpo hdpo_w0.15" SKIP_SFT=1 bash experiments/miniature/run.sh   # a part of it
@@ -69,5 +70,5 @@ export OUT SFT PY SEEDS ARMS STEPS EXTRA
 for i in "${!LINES[@]}"; do printf '%s\0%s\0' "$i" "${LINES[$i]}"; done \
     | xargs -0 -n 2 -P "$JOBS" bash -c 'run_one "$1" "$2"' _
 stamp total all "$T0"
-"$PY" experiments/miniature/plot.py --runs "$OUT" --out experiments/miniature
-echo "done in $(( $(date +%s) - T0 )) s; report: experiments/miniature/ (summary.md, *.png)"
+"$PY" -m metis.dashboard "$OUT/rl" --out experiments/miniature/dashboard --title "Miniature sweep"
+echo "done in $(( $(date +%s) - T0 )) s; curves: experiments/miniature/dashboard/index.html"

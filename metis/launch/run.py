@@ -12,6 +12,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metis.launch.validate import check_resources, search_backends, validate_config
+from metis.utils.summary import dashboard_command, metric_lines
 
 log = logging.getLogger("metis")
 
@@ -54,6 +55,13 @@ def quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # Lightning's start-up notes (accelerators found, "Tip: try litlogger") are not about this run
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
+    if os.environ.get("WANDB_SILENT", "").lower() == "true":  # before the logger's own settings warn
+        import wandb
+
+        wandb.termsetup(wandb.Settings(silent=True), None)
     # RL updates happen inside training_step (manual optimisation): the checkpoint holds the state
     # after the step's updates, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
@@ -148,9 +156,11 @@ def finish_run(run: Run, trainer, module) -> dict[str, float]:
             exp.finish()
         elif getattr(lg, "log_dir", None):
             lines.append(f"  logs       : {Path(lg.log_dir).resolve()}")
-    shown = {k: v for k, v in metrics.items() if k.split("/")[-1] in (
-        "accuracy", "tool_call_rate", "rho_Q", "format_rate", "mean_tool_calls")}
-    lines += [f"  {k:<24}: {v:.4f}" for k, v in sorted(shown.items())]
+    before = next((cb.before for cb in trainer.callbacks if getattr(cb, "before", None)), None)
+    rl_step = getattr(module, "rl_step", None)
+    lines += metric_lines(metrics, before, rl_step)
+    if rl_step is not None:  # the dashboard draws RL runs
+        lines.append(f"  curves     : {dashboard_command(run.output_dir)}")
     print("\n".join(lines), flush=True)
     return metrics
 
