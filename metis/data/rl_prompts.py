@@ -108,8 +108,9 @@ class RLPromptRows:
         self.skipped: Counter[str] = Counter()
         self._reported: set[str] = set()
         self._undecodable: set[int] = set()
-        for i, (kind, detail) in sorted(self.rows.errors.items()):
-            self._skip(kind, f"row {i}: {detail}")
+        for kind, _ in self.rows.errors.values():  # the scan already logged one line naming each reason
+            self.skipped[kind] += 1
+            self._reported.add(kind)
         self.usable = [i for i in range(len(self.rows)) if i not in self.rows.errors]
         if not self.usable:
             raise ValueError(f"data.source={source}: no usable row among {len(self.rows)} "
@@ -126,12 +127,12 @@ class RLPromptRows:
             log.warning("RL data: skipping rows with %s (first: %s); counted in data/skipped_rows", kind, detail)
 
     def _column(self, name: str) -> list[Any]:
-        table = self.rows.rows
+        table = self.rows.table
         if name not in self.rows.columns:
             return [None] * len(self.rows)
-        if hasattr(table, "column_names"):  # a ``datasets`` table: one column, no image bytes
-            return list(table[name])
-        return [r.get(name) if isinstance(r, dict) else None for r in table]
+        if hasattr(table.rows, "column_names"):  # a ``datasets`` table: one column, no image bytes
+            return list(table.rows[name])
+        return [table[i].get(name) for i in range(len(table))]
 
     def _survey(self) -> None:
         """Route every source once (metadata columns only) and warn once about the unmapped ones."""
