@@ -51,12 +51,12 @@ def paper_env(res) -> dict[str, str]:
             "METIS_JUDGE_MODEL": "judge-model", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
 
 
-@pytest.mark.parametrize("experiment", ["hdpo_8b", "hdpo_8b_lora"])
-def test_8b_dry_run_checks_data_judge_and_search(resources, experiment):
+@pytest.mark.parametrize("experiment, run_name", [("hdpo_8b", "rl_8b_hdpo"), ("hdpo_8b_lora", "rl_8b_lora_hdpo")])
+def test_8b_dry_run_checks_data_judge_and_search(resources, experiment, run_name):
     out = dry_run_cli(f"experiment={experiment}", f"data.source={resources['data']}", "scoring.judge.trust_env=false",
                       **paper_env(resources))
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"config OK: {experiment}" in out.stdout
+    assert f"config OK: {run_name}" in out.stdout  # run names carry the reward scheme
     assert "of the first 8 rows parse" in out.stdout and f"judge {resources['judge']} answers" in out.stdout
     assert "text_search: HTTP https://google.serper.dev/search" in out.stdout
     assert f"image_search: offline cache {resources['cache']}" in out.stdout
