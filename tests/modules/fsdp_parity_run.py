@@ -36,7 +36,7 @@ def main(world: int, out: str, cache: str) -> None:
     engine = CyclingEngine(processor, [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]])
     module = HDPOModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyObjective(),
                         RolloutConfig(max_turns=4), group_size=4, lr=1e-3, rollout_log_dir=None)
-    dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2 // world, seed=0)
+    dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2, seed=0)
     strategy = "auto"
     if world > 1:
         from lightning.pytorch.strategies import ModelParallelStrategy
