@@ -188,7 +188,8 @@ def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps:
 
         module.agent = metis_loop(model, processor, toolbox, forcer, max_turns, before=True)
         module.engine = module.agent.engine
-        hdpo_mod.response_logprobs = old_lp
+        hdpo_mod.response_logprobs = lambda model, trajs, pad_id, with_entropy=False, **_: old_lp(
+            model, trajs, pad_id, with_entropy)  # the old function knows none of the newer options
     timers.wrap(module.agent.engine, "generate", "generation")
     timers.wrap(module.agent, "_call_tool", "tools")
     timers.wrap(module, "_logprobs", "old_logprobs")

@@ -335,7 +335,12 @@ def _cache_kwarg(model) -> str:
 
 
 def supports_shared_prompt(model) -> bool:
-    """Whether ``model`` can run the shared-prompt forward (prefix KV cache expanded to rows)."""
+    """Whether ``model`` can run the shared-prompt forward (prefix KV cache expanded to rows).
+
+    Not with gradient checkpointing: transformers' checkpointed layers drop the KV cache in train
+    mode, so the responses would be encoded without their prompt."""
+    if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+        return False
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "get_rope_index") or not _accepts(model, "logits_to_keep"):
         return False

@@ -8,7 +8,8 @@ Four prompts per step (the whole job's), two rollouts each. With two ranks:
   prompt that cannot be encoded (skipped): fewer rollouts, fewer micro-batches;
 * rank 1 gets two image prompts whose rollouts call the tool (image observations).
 ``mismatch``: rank 1 runs one extra forward on purpose; the run must fail (collective timeout),
-not hang. Lightning's subprocess launcher re-runs this file for rank 1.
+not hang. Collectives time out after 30 s once training starts (the rendezvous before it gets
+10 minutes: a loaded test machine starts the second process slowly). Lightning's subprocess launcher re-runs this file for rank 1.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ from metis.rl.scheme import PolicyObjective, RewardScheme  # noqa: E402
 SEED = 0
 SCRIPTS = {"text": [[ANSWER], [WRONG]], "skip": [[ANSWER], [ANSWER]],
            "image_a": [[CALL, ANSWER], [ANSWER]], "image_b": [[CALL, CALL, ANSWER], [WRONG]]}
+
+
+class CollectiveTimeout(L.Callback):
+    """Every process group's collective timeout set to ``seconds`` when training starts."""
+
+    def __init__(self, seconds: float):
+        self.timeout = timedelta(seconds=seconds)
+
+    def on_train_start(self, trainer, pl_module):
+        import torch.distributed as dist
+        from torch.distributed.distributed_c10d import _set_pg_timeout, _world
+
+        if dist.is_initialized():
+            for group in list(_world.pg_map):
+                _set_pg_timeout(self.timeout, group)
 
 
 class TaskScriptedEngine(ScriptedEngine):
@@ -107,10 +123,10 @@ def main(world: int, out: str, cache: str, mismatch: bool = False) -> None:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         strategy = ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1,
-                                         save_distributed_checkpoint=False, timeout=timedelta(seconds=30))
+                                         save_distributed_checkpoint=False, timeout=timedelta(minutes=10))
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                        use_distributed_sampler=False)
+                        use_distributed_sampler=False, callbacks=[CollectiveTimeout(30)])
     t0 = time.monotonic()
     trainer.fit(module, datamodule=dm)
     if trainer.global_rank == 0:

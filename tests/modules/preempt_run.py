@@ -59,7 +59,7 @@ def fit(cache: str, run_dir: Path, max_steps: int, signal_step: int, ckpt_path: 
     preempt = Preemption(str(run_dir / "checkpoints"), requeue=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, max_steps=max_steps, logger=False, enable_checkpointing=False,
                         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
-                                                       save_distributed_checkpoint=False, timeout=timedelta(seconds=60)),
+                                                       save_distributed_checkpoint=False, timeout=timedelta(minutes=10)),
                         callbacks=[preempt], enable_progress_bar=False, num_sanity_val_steps=0,
                         use_distributed_sampler=False, default_root_dir=str(run_dir))
     dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2, seed=0)

@@ -52,6 +52,7 @@ def test_ranks_with_different_data_match_the_single_process_step(tmp_path, tiny_
 def test_a_rank_out_of_lockstep_fails_instead_of_hanging(tmp_path, tiny_cache):
     proc, out, elapsed = run(2, tmp_path, f"{tiny_cache}/tiny", "mismatch", timeout=800)
     assert proc.returncode != 0 and not out.exists()
+    assert "training_step" in proc.stderr, proc.stderr[-3000:]  # it failed in the step, not at start-up
     text = proc.stderr.lower()
     assert "timed out" in text or "timeout" in text or "mismatch" in text or "connection closed" in text, \
         proc.stderr[-3000:]
