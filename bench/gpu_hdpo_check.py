@@ -15,7 +15,7 @@ Prints per step: s/step, tokens/s, MFU (6 N tokens/s over the card's dense bf16 
 recomputation of checkpointing not counted), peak memory, and the fraction of weights changed by
 the step (on a fixed sample of up to 4,096 entries per parameter tensor).
 Needs torch, transformers, lightning, peft-free; no hydra/wandb/datasets.
-``--device cpu --layers 1 --vision-layers 1 --vocab 4096 --response 64 --image-side 64`` checks the script on a CPU.
+``--device cpu --tiny --response 64 --image-side 64`` checks the script on a CPU (the tiny model's sizes).
 """
 
 from __future__ import annotations
@@ -23,21 +23,25 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import lightning as L
 import torch
 from PIL import Image
 
-from metis.agent.loop import RolloutConfig
-from metis.data.prompts import PromptDataModule
-from metis.data.task import Task
-from metis.models.configs import qwen3_vl_config
-from metis.models.loading import pick_attention
-from metis.models.tiny import TINY_DEFAULTS, tiny_processor, train_tokenizer
-from metis.modules.hdpo import HDPOModule
-from metis.rl.scheme import PolicyObjective, RewardScheme
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.gpu_check import NoTools  # noqa: E402
+from metis.agent.loop import RolloutConfig  # noqa: E402
+from metis.data.prompts import PromptDataModule  # noqa: E402
+from metis.data.task import Task  # noqa: E402
+from metis.models.configs import qwen3_vl_config  # noqa: E402
+from metis.models.loading import pick_attention  # noqa: E402
+from metis.models.tiny import TINY_DEFAULTS, tiny_config, tiny_processor, train_tokenizer  # noqa: E402
+from metis.modules.hdpo import HDPOModule  # noqa: E402
+from metis.rl.scheme import PolicyObjective, RewardScheme  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
 
@@ -72,14 +76,7 @@ class FixedLengthEngine:
         self.gen = torch.Generator().manual_seed(seed)
         self.count = 0
 
-    def bind(self, model, processor):
-        pass
-
-    def after_rollout(self):
-        pass
-
-    def sync_weights(self, model):
-        pass
+    bind = after_rollout = sync_weights = staticmethod(lambda *args: None)  # nothing to bind or sync
 
     def generate(self, trajs, max_new_tokens, stop_ids, greedy=False):
         out = []
@@ -90,29 +87,6 @@ class FixedLengthEngine:
             filler = torch.randint(300, 1500, (max(self.length - len(tail), 0),), generator=self.gen).tolist()
             out.append((filler + tail)[:max_new_tokens])
         return out
-
-
-class NoTools:
-    def specs(self):
-        return []
-
-    def start(self, traj_id, images, meta=None):
-        pass
-
-    def end(self, traj_id):
-        pass
-
-    def execute(self, traj_id, name, arguments):
-        raise RuntimeError("no tools in this check")
-
-    def metrics(self):
-        return {}
-
-    def reset_metrics(self):
-        pass
-
-    def close(self):
-        pass
 
 
 class Probe(L.Callback):
@@ -167,6 +141,7 @@ def main() -> None:
     ap.add_argument("--image-side", type=int, default=448)
     ap.add_argument("--micro-batch-tokens", type=int, default=8192)
     ap.add_argument("--chunk-tokens", type=int, default=2048)
+    ap.add_argument("--tiny", action="store_true", help="the tiny model's sizes (a CPU check of the script)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -174,7 +149,11 @@ def main() -> None:
 
     tok = train_tokenizer(2048, 0)
     processor = tiny_processor(tok, dict(TINY_DEFAULTS, min_pixels=4096, max_pixels=args.image_side ** 2))
-    cfg = qwen3_vl_config(tok, num_hidden_layers=args.layers, vision_depth=args.vision_layers, vocab_size=args.vocab)
+    if args.tiny:
+        cfg = tiny_config(tok, TINY_DEFAULTS)
+    else:
+        cfg = qwen3_vl_config(tok, num_hidden_layers=args.layers, vision_depth=args.vision_layers,
+                              vocab_size=args.vocab)
     from transformers import Qwen3VLForConditionalGeneration
 
     attn = pick_attention("auto", str(device))
