@@ -23,10 +23,12 @@ from metis.agent.loop import AgentLoop, RolloutConfig
 from metis.agent.trajectory import Trajectory
 from metis.data.task import Task
 from metis.agent.metrics import engine_logprob_gap, rollout_metrics
-from metis.modules.sharding import apply_fsdp2, compute_dtype, export_policy, gathered, is_sharded
+from metis.modules.sharding import (apply_fsdp2, compute_dtype, export_policy, gathered, is_sharded, local_part,
+                                    split_gradient_dots)
 from metis.rl.rewards import format_reward
 from metis.rl.types import AdvantageResult, RolloutScores
 from metis.rl.verifiers import VERIFIERS
+from metis.utils.checkpoints import preempted
 from metis.utils.metrics import flatten_numeric
 from metis.utils.rng import fault_injection, rng_state, set_rng_state
 
@@ -258,16 +260,9 @@ class HDPOModule(L.LightningModule):
         """cos(grad L_a, grad L_b) from this rank's gradient shards: ``first`` holds w_a * grad L_a
         (kept from a pass with the first channel only), the parameters' gradients now hold the
         whole loss's, so w_b * grad L_b is their difference. Three local dot products, one all-reduce."""
-        dots = torch.zeros(3, dtype=torch.float64)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        for p, a in zip(params, first):
-            total = _local(p.grad)
-            if a is None and total is None:
-                continue
-            a = torch.zeros_like(total) if a is None else a
-            b = (total - a) if total is not None else -a
-            dots += torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()]).double().cpu()
-        ab, aa, bb = self._all_reduce(dots.tolist()) if is_sharded(self.model) else dots.tolist()
+        dots = split_gradient_dots(first, [local_part(p.grad) for p in params])
+        ab, aa, bb = self._all_reduce(dots) if is_sharded(self.model) else dots
         sign = (1.0 if weights[0] >= 0 else -1.0) * (1.0 if weights[1] >= 0 else -1.0)
         denom = (aa * bb) ** 0.5
         return {f"grad_cosine/{names}": sign * ab / denom if denom > 0 else 0.0}
@@ -297,7 +292,7 @@ class HDPOModule(L.LightningModule):
                 if cosine_now and not updates and n_channels >= 2:
                     self._minibatch_loss(trajs, idx, old_logprobs, mask, result, n_channels, channels=slice(0, 1))
                     params = [p for p in self.model.parameters() if p.requires_grad]
-                    first = [None if _local(p.grad) is None else _local(p.grad).detach().clone() for p in params]
+                    first = [None if p.grad is None else local_part(p.grad).detach().clone() for p in params]
                     opt.zero_grad(set_to_none=True)
                 metrics = self._minibatch_loss(trajs, idx, old_logprobs, mask, result, n_channels, record=record)
                 if cosine_now and not updates and n_channels >= 2:
@@ -417,16 +412,14 @@ class HDPOModule(L.LightningModule):
     def export_pretrained(self, path: Path) -> None:
         """Save the policy as a Hugging Face directory (usable as ``model.init_from``); LoRA is merged.
 
-        Call on every rank: FSDP2 shards are gathered (a collective), rank 0 writes.
+        Call on every rank: FSDP2 shards are gathered (a collective), rank 0 writes. Skipped after a
+        pre-emption: the requeued job resumes and exports at its end.
         """
+        if preempted(self.trainer):
+            log.warning("pre-empted: no Hugging Face export (the requeued run writes it at its end)")
+            return
         export_policy(self.model, self.processor, path, is_writer=self.trainer.global_rank == 0)
 
     def teardown(self, stage: str) -> None:
         self.toolbox.close()
 
-
-def _local(grad):
-    """This rank's part of a gradient (its shard under FSDP2), or None."""
-    if grad is None:
-        return None
-    return grad.to_local() if hasattr(grad, "to_local") else grad

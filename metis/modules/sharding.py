@@ -108,3 +108,23 @@ def export_policy(model, processor, path, is_writer: bool = True) -> None:
     else:
         model.save_pretrained(path)
     processor.save_pretrained(path)
+
+
+def local_part(tensor):
+    """This rank's part of a (possibly FSDP2-sharded) tensor, or None."""
+    if tensor is None:
+        return None
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def split_gradient_dots(first: list, total: list) -> list[float]:
+    """``[a.b, a.a, b.b]`` over parameters, with a = ``first`` and b = ``total - first`` (local parts;
+    ``None`` is zero). Summed over ranks, the cosine of two gradients whose sum is ``total``."""
+    dots = torch.zeros(3, dtype=torch.float64)
+    for a, t in zip(first, total):
+        if a is None and t is None:
+            continue
+        a = torch.zeros_like(t) if a is None else a
+        b = t - a if t is not None else -a
+        dots += torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()]).double().cpu()
+    return dots.tolist()

@@ -121,10 +121,15 @@ class MarkedCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_final and self.dirpath is not None and trainer.global_step > 0 \
-                and trainer.global_step != self._last_global_step_saved:
+                and trainer.global_step != self._last_global_step_saved and not preempted(trainer):
             path = os.path.join(self.dirpath, f"final-step={trainer.global_step}.ckpt")
             self._save_checkpoint(trainer, path)
         super().on_train_end(trainer, pl_module)
+
+
+def preempted(trainer) -> bool:
+    """Whether training stopped for a pre-emption (its checkpoint is saved; the job is requeued)."""
+    return any(isinstance(cb, Preemption) and cb.saved is not None for cb in getattr(trainer, "callbacks", []))
 
 
 class Preemption(Callback):

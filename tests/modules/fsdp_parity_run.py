@@ -28,8 +28,8 @@ from metis.rl.scheme import PolicyObjective, RewardScheme  # noqa: E402
 def main(world: int, out: str, cache: str) -> None:
     L.seed_everything(0)
     model, processor = build_policy(tiny={}, cache_dir=cache)
-    # two copies of one task: each rank gets one, and per-rank token counts are equal, so the
-    # mean of the ranks' token-means is the global token-mean of the single-process run
+    # two copies of one task: each rank gets one (tests/modules/test_lockstep.py has ranks with
+    # different data)
     task = make_tasks(1, seed=0, families=("arithmetic",), hard_fraction=0.0)[0]
     task.answer = "42"
     tasks = [task, task]

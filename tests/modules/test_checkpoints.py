@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from metis.utils.checkpoints import (MarkedCheckpoint, Preemption, complete_checkpoints, latest_complete,
+from metis.utils.checkpoints import (MarkedCheckpoint, Preemption, complete_checkpoints, latest_complete, preempted,
                                      remove_checkpoint, write_marker)
 from metis.utils.run import _resolve_ckpt
 
@@ -103,6 +103,8 @@ def test_sigusr1_only_sets_a_flag_and_the_ranks_save_together_at_the_step_bounda
         assert trainer.should_stop and cb.saved == tmp_path / "checkpoints" / "preempt.ckpt"
         assert json.loads(Path(f"{cb.saved}.complete").read_text())["global_step"] == 7
         assert latest_complete(tmp_path / "checkpoints") == cb.saved
+        trainer.callbacks = [cb]
+        assert preempted(trainer)  # no final checkpoint and no export after it: the requeued job does them
     finally:
         cb.teardown(trainer, None, "fit")
     # a rank that got no signal follows the one that did (the all-reduce is an "any")
