@@ -288,7 +288,6 @@ class HDPOModule(L.LightningModule):
             minibatches = buffer.minibatches(prompt_of, self.prompts_per_rank, self.minibatch_per_rank)
             for k, idx in enumerate(minibatches):
                 opt.zero_grad(set_to_none=True)
-                cosine = {}
                 if cosine_now and not updates and n_channels >= 2:
                     self._minibatch_loss(trajs, idx, old_logprobs, mask, result, n_channels, channels=slice(0, 1))
                     params = [p for p in self.model.parameters() if p.requires_grad]
