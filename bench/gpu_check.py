@@ -33,8 +33,19 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
 
 
 class NoTools:
+    """A toolbox with no tools (rollouts and updates without tool calls)."""
+
     def specs(self):
         return []
+
+    def execute(self, traj_id, name, arguments):
+        raise RuntimeError("no tools in this check")
+
+    def metrics(self):
+        return {}
+
+    def reset_metrics(self):
+        pass
 
     def start(self, traj_id, images, meta=None):
         pass

@@ -168,7 +168,7 @@ def hdpo_steps(model, processor, toolbox, forcer, tasks, group_size: int, steps:
 
     module = RLModule(model, processor, HFEngine(logits_processors=[forcer]), toolbox, RewardScheme("hdpo"),
                         PolicyLoss(clip_low=0.2, clip_high=0.28), cfg, group_size=group_size,
-                        micro_batch_size=16, lr=1e-4, grad_cosine_every=0, rollout_log_dir=None)
+                      micro_batch_tokens=16384, lr=1e-4, grad_cosine_every=0, rollout_log_dir=None)
     module.teardown = lambda stage: None  # the toolbox (and its warm pool) is shared by the runs: closed by the caller
     timers.wrap(module.agent.engine, "generate", "generation")
     timers.wrap(module.agent, "_call_tool", "tools")

@@ -72,12 +72,11 @@ metis_device_overrides() {
     METIS_DEVICE_OVERRIDES+=("++trainer.num_nodes=$nodes" "++trainer.devices=$tasks")
 }
 
-# Prints `ckpt_path=<newest checkpoint>` when RUN_DIR holds one (a requeued or resubmitted job):
-# Lightning's pre-emption checkpoint RUN_DIR/hpc_ckpt_<n>.ckpt or the periodic
-# RUN_DIR/checkpoints/last*.ckpt, whichever is newer (files or, for sharded FSDP, directories).
+# Prints `ckpt_path=last` when RUN_DIR/checkpoints holds a completed checkpoint (a requeued or
+# resubmitted job): Python then resumes from the newest checkpoint with a completion marker
+# (periodic, final or the pre-emption save; metis/utils/checkpoints.py), never from one cut short.
 metis_resume_override() {
-    local run_dir=$1 newest
+    local run_dir=$1
     [[ ${RESUME:-auto} == auto ]] || return 0
-    newest=$(ls -td "$run_dir"/hpc_ckpt_*.ckpt "$run_dir"/checkpoints/last*.ckpt 2>/dev/null | head -1 || true)
-    if [[ -n $newest ]]; then echo "ckpt_path=$newest"; fi
+    if compgen -G "$run_dir/checkpoints/*.ckpt.complete" >/dev/null; then echo "ckpt_path=last"; fi
 }

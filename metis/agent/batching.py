@@ -64,3 +64,29 @@ def response_tensors(trajs: Sequence[Trajectory]) -> tuple[torch.Tensor, torch.T
         ids[row, :n] = torch.tensor(t.response_ids, dtype=torch.long)
         mask[row, :n] = torch.tensor(t.response_mask, dtype=torch.float32)
     return ids, mask
+
+
+def token_budget_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive positions of ``lengths`` grouped into micro-batches of at most ``budget`` padded tokens.
+
+    A micro-batch of rows costs ``rows x longest row`` tokens (right/left padding to the longest).
+    Order is kept (rows of one prompt stay together, so they can share the prompt's forward); a
+    single row longer than ``budget`` is a micro-batch of its own.
+
+    >>> token_budget_batches([3, 3, 5, 9, 2], budget=10)
+    [[0, 1], [2], [3], [4]]
+    """
+    if budget < 1:
+        raise ValueError(f"module.micro_batch_tokens must be >= 1, got {budget}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if current and (len(current) + 1) * max(longest, n) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches

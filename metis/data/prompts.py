@@ -13,6 +13,14 @@ from metis.data.sampler import ResumableSampler
 from metis.core.task import Task
 
 
+def rank_share(prompts_per_step: int, world_size: int) -> int:
+    """Prompts each rank takes per RL step; the global count must split evenly."""
+    if prompts_per_step % world_size:
+        raise ValueError(f"data.prompts_per_step={prompts_per_step} is the whole job's prompts per RL step and must "
+                         f"be divisible by the number of ranks ({world_size} = trainer.devices x trainer.num_nodes)")
+    return prompts_per_step // world_size
+
+
 class TaskDataset(Dataset):
     def __init__(self, tasks: Sequence[Task]) -> None:
         if not tasks:
@@ -31,7 +39,11 @@ def _as_list(batch: list[Task]) -> list[Task]:
 
 
 class PromptDataModule(L.LightningDataModule):
-    """Serves batches of :class:`Task` (``prompts_per_step`` per RL step) and owns the buffer.
+    """Serves batches of :class:`Task` and owns the buffer.
+
+    ``prompts_per_step`` is the whole job's: each of the ``world_size`` ranks gets
+    ``prompts_per_step / world_size`` prompts per RL step (:attr:`prompts_per_rank`); the sampler
+    shards one global stream, so the job sees the same prompts on any number of ranks.
 
     ``source`` is a callable returning ``{"train": [...], "val": [...]}`` (Hydra builds it with
     ``_partial_``), so synthetic, converted and curated prompt sets plug in the same way.
@@ -45,6 +57,7 @@ class PromptDataModule(L.LightningDataModule):
             raise ValueError(f"data.prompts_per_step must be >= 1, got {prompts_per_step}")
         self.source, self.prompts_per_step, self.seed = source, prompts_per_step, seed
         self.val_prompts, self.num_workers = val_prompts, num_workers
+        self.prompts_per_rank = prompts_per_step  # set for the world size in setup()
         self.splits: dict[str, list[Task]] = {}
         self.buffer = RolloutBuffer(seed)
         self.sampler: ResumableSampler | None = None
@@ -57,13 +70,14 @@ class PromptDataModule(L.LightningDataModule):
                 raise ValueError("the prompt source returned no 'train' split")
             trainer = getattr(self, "trainer", None)
             rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            self.prompts_per_rank = rank_share(self.prompts_per_step, world)
             self.sampler = ResumableSampler(len(self.splits["train"]), self.seed, rank, world)
             if self._pending_state is not None:
                 self.sampler.load_state_dict(self._pending_state)
 
     def train_dataloader(self) -> DataLoader:
         # its own generator: creating the iterator must not draw from the global RNG (exact resume)
-        return DataLoader(TaskDataset(self.splits["train"]), batch_size=self.prompts_per_step, sampler=self.sampler,
+        return DataLoader(TaskDataset(self.splits["train"]), batch_size=self.prompts_per_rank, sampler=self.sampler,
                           collate_fn=_as_list, num_workers=self.num_workers, drop_last=True,
                           generator=torch.Generator().manual_seed(self.seed))
 

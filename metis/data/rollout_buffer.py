@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -31,12 +31,28 @@ class RolloutBuffer:
     def __len__(self) -> int:
         return len(self.trajectories)
 
-    def minibatches(self, size: int, shuffle: bool = True) -> Iterator[list[int]]:
-        order = list(range(len(self)))
+    def minibatches(self, prompt_of: Sequence[int], num_prompts: int, prompts_per_minibatch: int,
+                    shuffle: bool = True) -> Iterator[list[int]]:
+        """Row indices of each PPO mini-batch, made of whole prompts (all their rollouts).
+
+        ``prompt_of[row]`` is the row's prompt index in this rank's batch (``0..num_prompts-1``).
+        There are always ``ceil(num_prompts / prompts_per_minibatch)`` mini-batches, whatever the
+        rollouts: a prompt without rollouts (skipped, or its rollouts dropped) leaves its
+        mini-batch smaller, possibly empty, so every rank runs the same number of updates. Rows
+        of one prompt stay adjacent (they can share the prompt's forward).
+        """
+        if prompts_per_minibatch < 1:
+            raise ValueError(f"prompts_per_minibatch must be >= 1, got {prompts_per_minibatch}")
+        rows_of: dict[int, list[int]] = {}
+        for row, k in enumerate(prompt_of):
+            if not 0 <= k < num_prompts:
+                raise ValueError(f"row {row}: prompt index {k} outside 0..{num_prompts - 1}")
+            rows_of.setdefault(k, []).append(row)
+        order = list(range(num_prompts))
         if shuffle:
             self._rng.shuffle(order)
-        for start in range(0, len(order), size):
-            yield order[start:start + size]
+        for start in range(0, num_prompts, prompts_per_minibatch):
+            yield [row for k in order[start:start + prompts_per_minibatch] for row in rows_of.get(k, [])]
 
     def clear(self) -> None:
         self.trajectories, self.data = [], {}

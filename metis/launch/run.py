@@ -38,13 +38,17 @@ class Run:
 
 
 def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last``: the newest COMPLETE checkpoint of the run (periodic, final or pre-emption; see
+    metis.utils.checkpoints); a checkpoint cut short has no completion marker and is skipped."""
     if ckpt_path != "last":
         return ckpt_path
-    candidates = sorted(output_dir.glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        log.warning("ckpt_path=last but %s/checkpoints holds no last.ckpt: starting fresh", output_dir)
+    from metis.utils.checkpoints import latest_complete
+
+    found = latest_complete(output_dir / "checkpoints")
+    if found is None:
+        log.warning("ckpt_path=last but %s/checkpoints holds no complete checkpoint: starting fresh", output_dir)
         return None
-    return str(candidates[-1])
+    return str(found)
 
 
 def quiet_libraries() -> None:

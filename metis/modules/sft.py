@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import transformers.modeling_utils as hf_modeling
 
 from metis.models.loading import apply_lora
-from metis.modules.sharding import apply_fsdp2, export_policy, is_sharded
+from metis.modules.sharding import apply_fsdp2, compute_dtype, export_policy, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class SFTModule(L.LightningModule):
         if self.is_lora:
             raise NotImplementedError("SFT with LoRA under FSDP2 is not supported (the merged export needs whole "
                                       "weights): run LoRA SFT on one GPU or with trainer.strategy=ddp")
-        apply_fsdp2(self.model, mesh, param_dtype=next(self.model.parameters()).dtype)
+        apply_fsdp2(self.model, mesh, param_dtype=compute_dtype(self.trainer.precision, self.model))
 
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode (docs/cpu_stack.md)

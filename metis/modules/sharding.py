@@ -2,7 +2,11 @@
 
 Wrapping policy: every text decoder layer and every vision block is its own ``fully_shard`` unit
 (the natural all-gather granularity of a transformer), then the root (embeddings, merger, LM head).
-Mixed precision keeps parameters in the model's dtype for compute and reduces gradients in fp32.
+
+Precision: the sharded parameters and the optimizer state keep the model's dtype (fp32 at 8B: the
+master weights), the all-gathered copies used for compute are cast to :func:`compute_dtype` of the
+trainer's precision (``bf16-mixed`` -> bf16), and gradients are reduced in fp32. With bf16 master
+weights (``bf16-true``) most updates at lr 1e-6 round away (see docs/scale.md).
 
 Rollouts need whole weights on every rank: ranks generate different numbers of tokens and
 turns, so per-forward all-gathers would deadlock. :func:`gathered` unshards every unit once
@@ -28,6 +32,15 @@ def shard_units(model) -> list[torch.nn.Module]:
     if not units:
         raise ValueError(f"no decoder layers or vision blocks found in {type(model).__name__}")
     return units
+
+
+def compute_dtype(precision: str | None, model=None) -> torch.dtype | None:
+    """The dtype FSDP2 gathers parameters in for compute: bf16 under ``bf16-mixed`` (fp32 master
+    weights stay sharded), fp16 under ``16-mixed``; otherwise the parameters' own dtype."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    if dtype is None and model is not None:
+        dtype = next(model.parameters()).dtype
+    return dtype
 
 
 def apply_fsdp2(model, device_mesh, param_dtype: torch.dtype | None = None, reduce_dtype=torch.float32,
@@ -95,3 +108,23 @@ def export_policy(model, processor, path, is_writer: bool = True) -> None:
     else:
         model.save_pretrained(path)
     processor.save_pretrained(path)
+
+
+def local_part(tensor):
+    """This rank's part of a (possibly FSDP2-sharded) tensor, or None."""
+    if tensor is None:
+        return None
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def split_gradient_dots(first: list, total: list) -> list[float]:
+    """``[a.b, a.a, b.b]`` over parameters, with a = ``first`` and b = ``total - first`` (local parts;
+    ``None`` is zero). Summed over ranks, the cosine of two gradients whose sum is ``total``."""
+    dots = torch.zeros(3, dtype=torch.float64)
+    for a, t in zip(first, total):
+        if a is None and t is None:
+            continue
+        a = torch.zeros_like(t) if a is None else a
+        b = t - a if t is not None else -a
+        dots += torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()]).double().cpu()
+    return dots.tolist()

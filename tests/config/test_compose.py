@@ -34,7 +34,7 @@ def test_hdpo_8b_carries_the_papers_hyperparameters():
     cfg = compose_cfg("experiment=hdpo_8b")
     assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct"
     assert cfg.rollout.n == 16 and cfg.data.prompts_per_step == 128
-    assert cfg.module.minibatch_size == 64 * 16 and cfg.module.lr == 1e-6 and cfg.module.ppo_epochs == 1
+    assert cfg.module.minibatch_prompts == 64 and cfg.module.lr == 1e-6 and cfg.module.ppo_epochs == 1
     assert cfg.rollout.engine.temperature == 1.0 and cfg.rollout.engine.top_p == 1.0
     assert cfg.rollout.loop.max_turns == 10 and cfg.rollout.loop.max_response_tokens == 16384
     assert cfg.reward.w_acc == 1.0 and cfg.reward.w_tool == 0.15

@@ -28,15 +28,15 @@ from metis.rl.scheme import PolicyLoss, RewardScheme  # noqa: E402
 def main(world: int, out: str, cache: str) -> None:
     L.seed_everything(0)
     model, processor = build_policy(tiny={}, cache_dir=cache)
-    # two copies of one task: each rank gets one, and per-rank token counts are equal, so the
-    # mean of the ranks' token-means is the global token-mean of the single-process run
+    # two copies of one task: each rank gets one (tests/modules/test_lockstep.py has ranks with
+    # different data)
     task = make_tasks(1, seed=0, families=("arithmetic",), hard_fraction=0.0)[0]
     task.answer = "42"
     tasks = [task, task]
     engine = CyclingEngine(processor, [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]])
     module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyLoss(),
                         RolloutConfig(max_turns=4), group_size=4, lr=1e-3, rollout_log_dir=None)
-    dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2 // world, seed=0)
+    dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2, seed=0)
     strategy = "auto"
     if world > 1:
         from lightning.pytorch.strategies import ModelParallelStrategy

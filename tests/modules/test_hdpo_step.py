@@ -18,10 +18,6 @@ def run_step(tiny_policy, tmp_path, **module_kwargs):
     model, processor = tiny_policy
     model = type(model)(model.config)  # a private copy: the session fixture stays untouched
     model.load_state_dict(tiny_policy[0].state_dict())
-    grads: dict[str, torch.Tensor] = {}  # the accumulated gradient of the (only) update, per parameter
-    for name, p in model.named_parameters():
-        p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.clone()))
-    model.captured_grads = grads
     tasks = make_tasks(2, seed=0, families=("arithmetic",), hard_fraction=0.0)
     # answers: two correct with a tool, one correct directly, one wrong -> both channels active
     scripts = [[CALL, ANSWER], [ANSWER], [CALL, CALL, ANSWER], [WRONG]]
@@ -31,6 +27,15 @@ def run_step(tiny_policy, tmp_path, **module_kwargs):
     module = RLModule(model, processor, engine, FakeToolBox(), RewardScheme("hdpo"), PolicyLoss(),
                         RolloutConfig(max_turns=4), group_size=4, lr=1e-2, rollout_log_dir=str(tmp_path / "r"),
                         **module_kwargs)
+    updates: list[dict[str, torch.Tensor]] = []  # the gradient of each PPO update, per parameter
+    step = module._optimizer_step
+
+    def capture(opt, counts_as_step):
+        updates.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        step(opt, counts_as_step)
+
+    module._optimizer_step = capture
+    model.captured_updates = updates
     dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=2)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, num_sanity_val_steps=0)
@@ -56,12 +61,13 @@ def test_one_training_step_changes_weights(tiny_policy, tmp_path):
 
 
 def test_micro_batching_gives_the_same_update(tiny_policy, tmp_path):
-    whole, m1 = run_step(tiny_policy, tmp_path / "a", micro_batch_size=8)
-    micro, m2 = run_step(tiny_policy, tmp_path / "b", micro_batch_size=3)
+    whole, m1 = run_step(tiny_policy, tmp_path / "a", micro_batch_tokens=10**6)
+    micro, m2 = run_step(tiny_policy, tmp_path / "b", micro_batch_tokens=1)  # one rollout per micro-batch
     assert abs(m1["train/loss/total"] - m2["train/loss/total"]) < 1e-6
     # the gradients of the step (left on the parameters) agree; Adam's first step is ~lr*sign(g),
     # so weights are not a fair comparison for gradient entries at float-noise level
-    ga, gb = whole.captured_grads, micro.captured_grads
+    assert len(whole.captured_updates) == len(micro.captured_updates) == 1
+    ga, gb = whole.captured_updates[0], micro.captured_updates[0]
     assert ga.keys() == gb.keys() and len(ga) > 10
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-7, rtol=1e-4), name
@@ -69,14 +75,14 @@ def test_micro_batching_gives_the_same_update(tiny_policy, tmp_path):
 
 def test_on_policy_step_skips_the_old_logprob_pass_and_gives_the_same_update(tiny_policy, tmp_path):
     """One epoch over one mini-batch: the update's own forward (detached) is the behaviour policy.
-    The result equals the path with a separate no-grad old-log-prob pass (forced here by the
-    gradient-cosine diagnostic, which needs the old log-probs before the update)."""
+    Its first update equals that of the path with a separate no-grad old-log-prob pass (forced
+    here by a second PPO epoch); Lightning's step counter advances once per RL step."""
     fast, m1 = run_step(tiny_policy, tmp_path / "a")
-    slow, m2 = run_step(tiny_policy, tmp_path / "b", grad_cosine_every=1)
+    slow, m2 = run_step(tiny_policy, tmp_path / "b", ppo_epochs=2)
     assert m1["train/on_policy"] == 1.0 and m2["train/on_policy"] == 0.0
-    assert abs(m1["train/loss/total"] - m2["train/loss/total"]) < 1e-6
+    assert len(fast.captured_updates) == 1 and len(slow.captured_updates) == 2  # max_steps=1 is one RL step
     assert m1["train/loss/total"] != 0.0
-    ga, gb = fast.captured_grads, slow.captured_grads
+    ga, gb = fast.captured_updates[0], slow.captured_updates[0]
     assert ga.keys() == gb.keys() and len(ga) > 10
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-7, rtol=1e-4), name

@@ -105,14 +105,16 @@ def test_sweep_array_builds_the_command_of_its_index(tmp_path):
                     "group=abc", "tags=[abc,abc-1]", "experiment_name=abc-1", "trainer=cpu",
                     "++trainer.num_nodes=1", "++trainer.devices=1",
                     "reward=coupled", "reward.alpha=0.5", "seed=3", "trainer.max_steps=1"]
-    # a requeued task resumes from the newest checkpoint of its run dir
+    # a requeued task resumes (from the newest complete checkpoint, picked in Python) once one is complete
     (Path(run_dir) / "checkpoints").mkdir(parents=True)
     (Path(run_dir) / "checkpoints" / "last.ckpt").write_text("x")
-    os.utime(Path(run_dir) / "checkpoints" / "last.ckpt", (1, 1))
-    (Path(run_dir) / "hpc_ckpt_1.ckpt").write_text("x")
     out = subprocess.run(["bash", str(ROOT / "slurm" / "sweep_array.sbatch"), str(sweep)], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
-    assert f"ckpt_path={run_dir}/hpc_ckpt_1.ckpt" in out.stdout.splitlines()
+    assert not any(a.startswith("ckpt_path=") for a in out.stdout.splitlines())  # no marker: incomplete
+    (Path(run_dir) / "checkpoints" / "last.ckpt.complete").write_text('{"global_step": 1}')
+    out = subprocess.run(["bash", str(ROOT / "slurm" / "sweep_array.sbatch"), str(sweep)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert "ckpt_path=last" in out.stdout.splitlines()
     # an index past the end fails clearly
     env["SLURM_ARRAY_TASK_ID"] = "2"
     out = subprocess.run(["bash", str(ROOT / "slurm" / "sweep_array.sbatch"), str(sweep)], cwd=tmp_path, env=env,
