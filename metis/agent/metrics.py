@@ -80,3 +80,36 @@ def source_metrics(trajs: Sequence[Trajectory], r_ans: Sequence[float], scored: 
         out[prefix + "rollouts"] = float(len(rows))
         out[prefix + "unscored"] = float(len(rows) - len(judged))
     return out
+
+
+def rollout_records(trajs: Sequence[Trajectory], checked, result: AdvantageResult | None, keep: Sequence[int],
+                    rl_step: int) -> list[dict]:
+    """One JSON-able row per rollout for ``rollouts/<split>.jsonl``: its summary, data_source,
+    verifier and scores; the advantages of those in the update (``keep``). An unscored rollout
+    (``scored: false``) has no ``r_ans`` and no advantage."""
+    in_update = set(keep)
+    rows = []
+    for i, t in enumerate(trajs):
+        ok = checked.scored[i]
+        rec = t.summary() | {"rl_step": rl_step, "data_source": t.task.data_source, "verifier": t.task.verifier,
+                             "scored": ok, "r_ans": float(checked.scores.r_ans[i]) if ok else None,
+                             "r_fmt": float(checked.scores.r_fmt[i])}
+        if result is not None and i in in_update:
+            rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
+        rows.append(rec)
+    return rows
+
+
+def update_means(updates: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over a step's PPO updates (an update that lacks a metric is not counted)."""
+    keys = dict.fromkeys(k for m in updates for k in m)
+    return {k: sum(m[k] for m in updates if k in m) / sum(k in m for m in updates) for k in keys}
+
+
+def rollout_counter_metrics(counters: dict[str, float], t_rollout: float) -> dict[str, float]:
+    """The step's loop and engine counters as ``rollout/<name>``, with the share of the rollout time
+    spent waiting for tools (``rollout/tool_wait_frac``)."""
+    out = {f"rollout/{k}": float(v) for k, v in counters.items()}
+    if "tool_wait_s" in counters and t_rollout > 0:
+        out["rollout/tool_wait_frac"] = counters["tool_wait_s"] / t_rollout
+    return out

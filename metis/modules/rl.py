@@ -8,7 +8,6 @@ from :mod:`metis.rl` (the scheme and objective are picked by Hydra), rollouts fr
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,10 +20,12 @@ from metis.agent.batching import response_tensors, token_budget_batches
 from metis.agent.importance import apply_tis
 from metis.agent.logprobs import dummy_trajectory, response_logprobs, supports_shared_prompt
 from metis.agent.loop import AgentLoop, RolloutConfig
-from metis.agent.metrics import engine_logprob_gap, rollout_metrics, source_metrics
+from metis.agent.metrics import (engine_logprob_gap, rollout_counter_metrics, rollout_metrics, rollout_records,
+                                 source_metrics, update_means)
 from metis.agent.scoring import ScoredBatch, Scorer, scheme_over_kept, subset_scores
 from metis.core.task import Task
 from metis.core.trajectory import Trajectory
+from metis.io.jsonl import JsonlLog
 from metis.modules.sharding import (apply_fsdp2, compute_dtype, export_policy, gathered, is_sharded, local_part,
                                     split_gradient_dots)
 from metis.rl.types import AdvantageResult, RolloutScores
@@ -385,14 +386,9 @@ class RLModule(L.LightningModule):
             out.update(source_metrics(trajs, checked.scores.r_ans.tolist(), checked.scored))
             out.update(engine_logprob_gap(trajs, old_logprobs))
         out["skipped_prompts"] = float(len(self.agent.skipped))
-        for key in dict.fromkeys(k for m in updates for k in m):
-            values = [m[key] for m in updates if key in m]
-            out[key] = sum(values) / len(values)
+        out.update(update_means(updates) | rollout_counter_metrics(counters, t_rollout))
         out.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "rl_step": float(self.rl_step),
                     "lr": sched.get_last_lr()[0]})
-        out.update({f"rollout/{k}": float(v) for k, v in counters.items()})
-        if "tool_wait_s" in counters and t_rollout > 0:
-            out["rollout/tool_wait_frac"] = counters["tool_wait_s"] / t_rollout
         out.update(flatten_numeric(self.toolbox.metrics(), "tools/"))
         self.toolbox.reset_metrics()  # per-step tool statistics
         n = max(len(trajs), 1)
@@ -423,22 +419,10 @@ class RLModule(L.LightningModule):
         self._save_rollouts(trajs, checked, None, [], "val")
 
     def _save_rollouts(self, trajs, checked: ScoredBatch, result, keep: list[int], split: str) -> None:
-        """Every rollout with its data_source and scores; advantages for those in the update
-        (``keep``); ``scored: false`` rollouts have no ``r_ans`` and no advantage."""
-        if self.rollout_log_dir is None or self.trainer.global_rank != 0:
-            return
-        in_update = set(keep)
-        self.rollout_log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.rollout_log_dir / f"{split}.jsonl", "a") as fh:
-            for i, t in enumerate(trajs):
-                ok = checked.scored[i]
-                rec = t.summary() | {"rl_step": self.rl_step, "data_source": t.task.data_source,
-                                     "verifier": t.task.verifier, "scored": ok,
-                                     "r_ans": float(checked.scores.r_ans[i]) if ok else None,
-                                     "r_fmt": float(checked.scores.r_fmt[i])}
-                if result is not None and i in in_update:
-                    rec |= {f"adv_{c.name}": float(c.advantages[i]) for c in result.channels}
-                fh.write(json.dumps(rec, default=str) + "\n")
+        """Every rollout with its data_source and scores (:func:`metis.agent.metrics.rollout_records`)."""
+        if self.rollout_log_dir is not None and self.trainer.global_rank == 0:
+            JsonlLog(self.rollout_log_dir / f"{split}.jsonl", fsync=False, default=str).append(
+                rollout_records(trajs, checked, result, keep, self.rl_step))
 
     # ---- state -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
