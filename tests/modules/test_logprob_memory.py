@@ -9,6 +9,7 @@ chunked results equal the full-logits computation (values, entropies and gradien
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,12 @@ def full_logits_logprobs(model, trajs):
 @pytest.mark.timeout(900)
 def test_chunked_logprobs_memory_is_bounded_for_a_150k_vocabulary(tiny_policy, tiny_cache, tmp_path):
     out = tmp_path / "mem.json"
+    # a fixed mmap threshold: every large tensor is mapped and unmapped on its own, so the resident
+    # size follows live memory (glibc's dynamic threshold would otherwise move freed 20 MB chunks
+    # into the heap, where they stay resident: a flaky measurement, not a real cost)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     proc = subprocess.run([sys.executable, str(SCRIPT), f"{tiny_cache}/tiny", "1024", "32", str(out)],
-                          capture_output=True, text=True, timeout=850, cwd=SCRIPT.parents[2])
+                          capture_output=True, text=True, timeout=850, cwd=SCRIPT.parents[2], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads(out.read_text())
     assert m["full_logits_mb"] == pytest.approx(585.9, abs=0.1)  # 1024 x 150k float32
