@@ -17,6 +17,11 @@ EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for
 def test_every_experiment_composes_and_resolves(experiment, tmp_path):
     cfg = compose_cfg(f"experiment={experiment}", f"hydra.run.dir={tmp_path}")
     cfg.paths.output_dir = str(tmp_path)  # hydra:runtime is only set inside a real run
+    if experiment == "hdpo_marker" and not (ROOT / "metis" / "assets" / "coldstart_marker").exists():
+        # its cold start is not shipped yet: resolving must stop with the build command, not later
+        with pytest.raises(Exception, match="scripts/build_coldstart.py"):
+            OmegaConf.resolve(cfg)
+        return
     OmegaConf.resolve(cfg)
     assert cfg.experiment_name not in (None, "default")  # every experiment names its runs
     for key in ("model", "module", "data", "trainer"):
