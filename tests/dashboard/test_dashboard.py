@@ -119,13 +119,14 @@ def test_help_documents_itself(capsys):
         assert opt in text
 
 
-def test_the_miniature_sweep_groups_into_its_nine_arms(tmp_path):
-    """The real arm configs (experiment=miniature/<arm>, seeds 0-2) group into one arm each."""
+def test_the_miniature_arm_configs_group_into_one_arm_each(tmp_path):
+    """The real arm configs (experiment=miniature/<arm>, seeds 0-2) group into one arm each: the first
+    sweep's nine and the deciding sweep's three new ones (DECISION_RULES.md)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     arms = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf/experiment/miniature").glob("*.yaml"))
-    assert len(arms) == 9
+    assert len(arms) == 12
     root = tmp_path / "miniature" / "rl"
     i = 0
     with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
@@ -139,5 +140,8 @@ def test_the_miniature_sweep_groups_into_its_nine_arms(tmp_path):
                 (d / "config.yaml").write_text(yaml.safe_dump(full))
                 i += 1
     groups = label_runs([load_run(d) for d in find_runs([str(root)])])
-    assert len(groups) == 9 and all(len(v) == 3 for v in groups.values())
-    assert "grpo" in groups and "hdpo, w_tool=0.15" in groups and "coupled, alpha=0.05" in groups
+    assert len(groups) == len(arms) and all(len(v) == 3 for v in groups.values())
+    assert "grpo" in groups and "coupled, alpha=0.05" in groups, sorted(groups)
+    # HDPO arms differ in w_tool and in how the tool term is averaged: both name the arm
+    assert "hdpo, tool_term_nonzero_only=True, w_tool=0.15" in groups, sorted(groups)
+    assert "hdpo, tool_term_nonzero_only=False, w_tool=0.15" in groups, sorted(groups)
