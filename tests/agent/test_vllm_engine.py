@@ -44,8 +44,12 @@ def fake(request, monkeypatch, tiny_policy):
                           fake_vllm.tokens_for(model.config.vision_config.patch_size))
     fake_vllm.install(monkeypatch, mod)
     monkeypatch.setattr(vllm_engine, "_require_cuda", lambda: None)
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "VLLM_ENABLE_V1_MULTIPROCESSING"):
-        monkeypatch.delenv(k, raising=False)
+    # the engine exports the launcher's variables into os.environ (vLLM reads them there): record
+    # each one so that teardown restores it, also when it was unset (a leftover RANK / LOCAL_RANK /
+    # WORLD_SIZE would make every later multi-process test think it was launched externally)
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_LOCALID", "0")  # this machine has no GPU 3
     monkeypatch.setenv("SLURM_NTASKS", "16")
