@@ -386,8 +386,12 @@ def _skipped_rows_file(value: str | None) -> str | None:
     if value != "auto":
         return value
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
-    return f"{HydraConfig.get().runtime.output_dir}/skipped_rows.jsonl" if HydraConfig.initialized() else None
+    # outside a Hydra run (or with a Hydra config set by hand, without runtime values) there is no run dir
+    out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False) \
+        if HydraConfig.initialized() else None
+    return f"{out}/skipped_rows.jsonl" if out else None
 
 
 def agent_system_prompt(tools: Sequence[str]) -> str:

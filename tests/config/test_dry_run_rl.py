@@ -83,8 +83,11 @@ def test_hdpo_8b_dry_run_fails_naming_the_key(resources, monkeypatch, tmp_path, 
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.output_dir} as under the CLI
     with open_dict(cfg):
         del cfg["hydra"]
-    with pytest.raises(ConfigError, match=re.escape(needle)) as err:
-        run_dry(cfg)
+    try:
+        with pytest.raises(ConfigError, match=re.escape(needle)) as err:
+            run_dry(cfg)
+    finally:  # later tests of the session must not see this config as a running Hydra app's
+        HydraConfig.instance().cfg = None
     if needle == "data.source is not set":
         assert "Accio-Lab/Metis-RL" in str(err.value)
 

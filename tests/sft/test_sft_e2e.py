@@ -46,7 +46,8 @@ def test_sft_8b_config_is_the_gpu_recipe():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=sft_8b"])
     assert cfg.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and cfg.model.gradient_checkpointing
-    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-true"
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"  # fp32 masters, bf16 compute
+    assert cfg.model.dtype == "float32"
     assert cfg.trainer.use_distributed_sampler is False  # the SFT batch sampler shards by rank itself
     assert cfg.data._target_ == "metis.data.sft.SFTDataModule" and 5e-6 <= cfg.module.lr <= 2e-5
 
