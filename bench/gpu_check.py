@@ -160,6 +160,15 @@ def rollouts(model, processor, args, device, report):
         report["rollout_vllm"] = "skipped: the vllm engine needs a saved model directory; run bench with --save"
 
 
+def write_report(report: dict, out: str | None) -> None:
+    """Print the report as JSON and, given ``--out``, write it there (the device run returns that file)."""
+    text = json.dumps(report, indent=1)
+    print(text, flush=True)
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -189,11 +198,7 @@ def main() -> None:
     train_steps(model, processor, args, device, report)
     print(json.dumps(report["train"]), flush=True)
     rollouts(model, processor, args, device, report)
-    text = json.dumps(report, indent=1)
-    print(text, flush=True)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.gpu_check import NoTools  # noqa: E402
+from bench.gpu_check import NoTools, write_report  # noqa: E402
 from metis.agent.loop import RolloutConfig  # noqa: E402
 from metis.data.prompts import PromptDataModule  # noqa: E402
 from metis.core.task import Task  # noqa: E402
@@ -197,11 +197,7 @@ def main() -> None:
                                                     prompts_per_step=args.prompts))
     report["steps"] = probe.steps
     report["master_dtype"] = str(next(module.model.parameters()).dtype)
-    text = json.dumps(report, indent=1)
-    print(text, flush=True)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
