@@ -48,6 +48,7 @@ def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
     if found is None:
         log.warning("ckpt_path=last but %s/checkpoints holds no complete checkpoint: starting fresh", output_dir)
         return None
+    log.info("ckpt_path=last: resuming from %s", found)
     return str(found)
 
 
@@ -77,6 +78,9 @@ def quiet_libraries() -> None:
 
 
 def prepare_run(cfg: DictConfig) -> Run:
+    from metis.utils.checkpoints import catch_early_signal
+
+    catch_early_signal()  # a pre-emption signal during model building stops at the first step boundary
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -137,9 +141,28 @@ def _ignore_late_requeue_signal() -> None:
         pass
 
 
+def _finish_preempted(trainer, preemption, metrics: dict[str, float]) -> dict[str, float]:
+    """After a pre-emption save: no export and no summary (the requeued job writes them at its end);
+    close the loggers first, then requeue, since SLURM kills the job as it requeues it."""
+    if trainer.global_rank == 0:
+        for lg in trainer.loggers:
+            exp = getattr(lg, "experiment", None)
+            if getattr(exp, "dir", None):
+                exp.finish()
+        job = preemption.requeue_job()
+        print(f"Metis run pre-empted at step {trainer.global_step}: saved {preemption.saved}"
+              + (f", requeued SLURM job {job}" if job else " (not a SLURM job: resume with ckpt_path=last)"), flush=True)
+    return metrics
+
+
 def finish_run(run: Run, trainer, module) -> dict[str, float]:
+    from metis.utils.checkpoints import preemption_of
+
     _ignore_late_requeue_signal()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    preemption = preemption_of(trainer)
+    if preemption is not None:
+        return _finish_preempted(trainer, preemption, metrics)
     export = run.output_dir / "hf"
     if hasattr(module, "export_pretrained"):
         module.export_pretrained(export)  # every rank: gathering FSDP2 shards is a collective

@@ -29,7 +29,6 @@ from metis.io.jsonl import JsonlLog
 from metis.modules.sharding import (apply_fsdp2, compute_dtype, export_policy, gathered, is_sharded, local_part,
                                     split_gradient_dots)
 from metis.rl.types import AdvantageResult, RolloutScores
-from metis.utils.checkpoints import preempted
 from metis.utils.metrics import flatten_numeric
 from metis.utils.rng import rng_state, set_rng_state
 
@@ -437,12 +436,9 @@ class RLModule(L.LightningModule):
     def export_pretrained(self, path: Path) -> None:
         """Save the policy as a Hugging Face directory (usable as ``model.init_from``); LoRA is merged.
 
-        Call on every rank: FSDP2 shards are gathered (a collective), rank 0 writes. Skipped after a
-        pre-emption: the requeued job resumes and exports at its end.
+        Call on every rank: FSDP2 shards are gathered (a collective), rank 0 writes. Not called after
+        a pre-emption (``finish_run``): the requeued job resumes and exports at its end.
         """
-        if preempted(self.trainer):
-            log.warning("pre-empted: no Hugging Face export (the requeued run writes it at its end)")
-            return
         export_policy(self.model, self.processor, path, is_writer=self.trainer.global_rank == 0)
 
     def teardown(self, stage: str) -> None:

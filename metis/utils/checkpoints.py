@@ -7,8 +7,12 @@
   marker; a checkpoint cut short (killed mid-write) has none and is skipped.
 * :class:`Preemption`: SIGUSR1 (SLURM's warning before the time limit or a pre-emption) only
   sets a flag; at the next RL-step boundary the ranks agree on it (one all-reduce), save one
-  checkpoint together, rank 0 requeues the job (``scontrol requeue``) and training stops. A save
-  inside the signal handler would start a collective at an arbitrary point of a step.
+  checkpoint together and training stops. A save inside the signal handler would start a
+  collective at an arbitrary point of a step. The requeue (``scontrol requeue``, rank 0) comes
+  last, from ``metis.launch.run.finish_run`` once the loggers are closed: SLURM kills the job when
+  it requeues it, and a W&B run still open then loses its last rows.
+* :func:`catch_early_signal`, called first thing by the entry point, records a SIGUSR1 that
+  arrives while the model is still being built (minutes at 8B); by default it would kill Python.
 """
 
 from __future__ import annotations
@@ -127,9 +131,35 @@ class MarkedCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
 
+def preemption_of(trainer) -> "Preemption | None":
+    """The Preemption callback that stopped training (its checkpoint is saved), else None."""
+    return next((cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, Preemption) and cb.saved is not None),
+                None)
+
+
 def preempted(trainer) -> bool:
-    """Whether training stopped for a pre-emption (its checkpoint is saved; the job is requeued)."""
-    return any(isinstance(cb, Preemption) and cb.saved is not None for cb in getattr(trainer, "callbacks", []))
+    """Whether training stopped for a pre-emption (no final checkpoint or export: the requeued job does them)."""
+    return preemption_of(trainer) is not None
+
+
+_EARLY_SIGNAL = {"received": False}
+
+
+def catch_early_signal() -> None:
+    """Record a SIGUSR1 that lands before :class:`Preemption` is set up (model building): the
+    callback then stops at the first step boundary instead of Python dying from the signal."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+
+    def handler(signum, _frame) -> None:
+        _EARLY_SIGNAL["received"] = True
+        log.warning("signal %d before training started: pre-empting at the first step boundary", signum)
+
+    try:
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGUSR1, handler)
+    except ValueError:  # not the main thread
+        pass
 
 
 class Preemption(Callback):
@@ -159,6 +189,8 @@ class Preemption(Callback):
             self._previous = signal.signal(self.signum, self._handler)
         except ValueError:  # not the main thread: no signal handling
             self.signum = None
+        if _EARLY_SIGNAL["received"] and self.signum == getattr(signal, "SIGUSR1", None):
+            self.requested, _EARLY_SIGNAL["received"] = True, False
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self.signum is not None and self._previous is not None:
@@ -181,10 +213,16 @@ class Preemption(Callback):
         if trainer.is_global_zero:
             write_marker(path, trainer.global_step)
             log.warning("pre-emption signal: saved %s at step %d", path, trainer.global_step)
-            array = os.environ.get("SLURM_ARRAY_JOB_ID")
-            job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID")
-            if self.requeue and job:
-                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-                log.warning("scontrol requeue %s: %s", job, "ok" if result.returncode == 0 else result.stderr.strip())
         self.saved = path
         trainer.should_stop = True
+
+    def requeue_job(self) -> str | None:
+        """``scontrol requeue`` this SLURM job (or array task); call on rank 0, after the loggers are
+        closed (SLURM kills the job as it requeues it). Returns the job id requeued, or None."""
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID")
+        if not (self.requeue and job):
+            return None
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        log.warning("scontrol requeue %s: %s", job, "ok" if result.returncode == 0 else result.stderr.strip())
+        return job

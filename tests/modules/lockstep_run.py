@@ -1,14 +1,16 @@
 """Script for test_lockstep: one HDPO step with DIFFERENT data per rank (FSDP2 x 2, CPU, gloo),
 or the single-process reference on the union of the data.
 
-Usage: python lockstep_run.py <world_size> <out.json> <cache_dir> [mismatch]
+Usage: python lockstep_run.py <world_size> <out.json> <cache_dir> [mismatch|unscored]
 
 Four prompts per step (the whole job's), two rollouts each. With two ranks:
 * rank 0 gets a text-only prompt (no image anywhere: the vision tower runs on a dummy) and a
   prompt that cannot be encoded (skipped): fewer rollouts, fewer micro-batches;
 * rank 1 gets two image prompts whose rollouts call the tool (image observations).
 ``mismatch``: rank 1 runs one extra forward on purpose; the run must fail (collective timeout),
-not hang. Collectives time out after 30 s once training starts (the rendezvous before it gets
+not hang. ``unscored``: rank 1's image prompts are checked by a judge that goes down after start, so all of its
+rollouts are unscored (over ``max_unscored_frac``) while rank 0's are scored: both ranks must stop
+with errors (rank 1's names the endpoint), neither waiting in a collective. Collectives time out after 30 s once training starts (the rendezvous before it gets
 10 minutes: a loaded test machine starts the second process slowly). Lightning's subprocess launcher re-runs this file for rank 1.
 """
 
@@ -90,12 +92,29 @@ def tasks_in_stream_order() -> list[Task]:
     return tasks
 
 
-def main(world: int, out: str, cache: str, mismatch: bool = False) -> None:
+def down_judge_scorer():
+    """A Scorer whose judge answers the start-up probe, then goes down (HTTP 503 on every check)."""
+    from judge_server import VerdictServer
+
+    from metis.agent.scoring import Scorer
+    from metis.io.judge import LLMJudge
+
+    server = VerdictServer()
+    judge = LLMJudge(server.url, "judge-model", api_key_env=None, trust_env=False, backoff_s=0.01,
+                     max_retries=1, timeout_s=5.0)
+    scorer = Scorer(judge, max_unscored_frac=0.25)
+    server.down = True
+    return scorer
+
+
+def main(world: int, out: str, cache: str, mode: str = "") -> None:
     L.seed_everything(0)
+    mismatch = mode == "mismatch"
     model, processor = build_policy(tiny={}, cache_dir=cache, dtype="float32", attn_implementation="sdpa")
     module = RLModule(model, processor, TaskScriptedEngine(processor, SCRIPTS), FakeToolBox(),
                         RewardScheme("hdpo"), PolicyLoss(), RolloutConfig(max_turns=4), group_size=2, lr=1e-3,
-                        micro_batch_tokens=400, rollout_log_dir=None)
+                        micro_batch_tokens=400, rollout_log_dir=None,
+                        scorer=down_judge_scorer() if mode == "unscored" else None)
     updates: list[dict[str, float]] = []
     step = module._optimizer_step
 
@@ -117,7 +136,12 @@ def main(world: int, out: str, cache: str, mismatch: bool = False) -> None:
             return forward(trajs, rows, with_entropy)
 
         module._forward = extra_forward_on_rank_1
-    dm = PromptDataModule(lambda: {"train": tasks_in_stream_order(), "val": []}, prompts_per_step=4, seed=SEED)
+    tasks = tasks_in_stream_order()
+    if mode == "unscored":
+        for task in tasks:
+            if task.id.startswith("image"):
+                task.verifier = "judge"
+    dm = PromptDataModule(lambda: {"train": tasks, "val": []}, prompts_per_step=4, seed=SEED)
     strategy = "auto"
     if world > 1:
         from lightning.pytorch.strategies import ModelParallelStrategy
@@ -136,4 +160,4 @@ def main(world: int, out: str, cache: str, mismatch: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "mismatch")
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "")

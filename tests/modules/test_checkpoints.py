@@ -130,3 +130,50 @@ def test_two_ranks_preempted_on_one_rank_save_together_and_resume(tmp_path, tiny
         assert r["first"]["global_step"] == 2 and r["first"]["rl_step"] == 2
         assert r["first"]["saved"] == str(run_dir / "checkpoints" / "preempt.ckpt") == r["found"]
         assert r["resumed"] == {"global_step": 3, "rl_step": 3}  # resumed at step 2, one more step
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_a_signal_during_model_building_preempts_at_the_first_step_boundary(tmp_path):
+    from metis.utils import checkpoints
+
+    before = signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        checkpoints.catch_early_signal()  # what prepare_run does first
+        os.kill(os.getpid(), signal.SIGUSR1)  # the default action would have killed this process
+        cb = Preemption(str(tmp_path / "checkpoints"))
+        trainer = FakeTrainer()
+        cb.setup(trainer, None, "fit")
+        try:
+            assert cb.requested
+            cb.on_train_batch_end(trainer, None, None, None, 0)
+            assert trainer.should_stop and cb.saved is not None
+        finally:
+            cb.teardown(trainer, None, "fit")
+        again = Preemption(str(tmp_path / "again"))  # the early signal is consumed once
+        again.setup(trainer, None, "fit")
+        again.teardown(trainer, None, "fit")
+        assert not again.requested
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_preempted_run_closes_its_loggers_before_the_requeue_and_skips_the_export(tmp_path, monkeypatch):
+    """SLURM kills the job as it requeues it: the W&B run must be finished first, and no export."""
+    from metis.launch import run as run_mod
+    from metis.utils import checkpoints
+
+    events: list[str] = []
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setattr(checkpoints.subprocess, "run",
+                        lambda cmd, **kw: events.append(" ".join(cmd)) or SimpleNamespace(returncode=0, stderr=""))
+    cb = Preemption(str(tmp_path / "checkpoints"))
+    cb.saved = tmp_path / "checkpoints" / "preempt.ckpt"
+    experiment = SimpleNamespace(dir=str(tmp_path / "wandb"), finish=lambda: events.append("wandb finish"))
+    trainer = SimpleNamespace(callbacks=[cb], callback_metrics={}, global_rank=0, global_step=7,
+                              loggers=[SimpleNamespace(experiment=experiment)], checkpoint_callbacks=[])
+    module = SimpleNamespace(export_pretrained=lambda path: events.append("export"))
+    run = run_mod.Run(cfg=None, output_dir=tmp_path, ckpt_path=None)
+    run_mod.finish_run(run, trainer, module)
+    assert events == ["wandb finish", "scontrol requeue 4242"]

@@ -56,3 +56,15 @@ def test_a_rank_out_of_lockstep_fails_instead_of_hanging(tmp_path, tiny_cache):
     text = proc.stderr.lower()
     assert "timed out" in text or "timeout" in text or "mismatch" in text or "connection closed" in text, \
         proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_a_judge_down_on_one_rank_stops_every_rank_without_a_hang(tmp_path, tiny_cache):
+    """Rank 1's rollouts are all unscored (its judge is down), rank 0's are scored: the stop is agreed
+    by an all-reduce, so rank 1 raises naming the endpoint and rank 0 stops too (not a collective timeout)."""
+    proc, out, elapsed = run(2, tmp_path, f"{tiny_cache}/tiny", "unscored", timeout=800)
+    assert proc.returncode != 0 and not out.exists()
+    err = proc.stderr
+    assert "UnscoredStepError" in err and "scoring.max_unscored_frac" in err and "http://127.0.0.1:" in err, err[-3000:]
+    assert "another rank stopped the run" in err, err[-3000:]  # rank 0 followed the agreed stop
+    assert "timed out" not in err.lower(), err[-3000:]
