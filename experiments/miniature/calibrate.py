@@ -1,9 +1,9 @@
 """Choose the cold start of the deciding sweep by the gate of DECISION_RULES.md, before any RL run.
 
-    python experiments/miniature/calibrate.py [--steps 200 300 400 600] [--out runs/miniature_decide]
+    python experiments/miniature/calibrate.py [--steps 200 300 350 375 400 600] [--out runs/miniature_decide]
 
 For each candidate SFT length: train `miniature_sft` (unless `<out>/calib/sft_<N>/hf` exists), sample
-it at T = 1 (4 samples on each of the 64 val prompts), compute the gate quantities
+it (unless its samples exist) at T = 1 (4 samples on each of the 64 val prompts), compute the gate quantities
 (`metis.analysis.gate`) and its verdict. Writes `calibration.json` (every candidate, and the chosen
 one: the shortest that passes) into `--out` and into `--record` (default: this folder, to commit).
 Exit status 1 when no candidate passes. The no-tool guess is chance (1/6 for six colours) unless
@@ -26,7 +26,7 @@ from metis.analysis.gate import GATE, gate_metrics, gate_verdict  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[200, 300, 400, 600])
+    p.add_argument("--steps", type=int, nargs="+", default=[200, 300, 350, 375, 400, 600])
     p.add_argument("--out", default="runs/miniature_decide")
     p.add_argument("--record", default=str(Path(__file__).parent / "calibration.json"))
     p.add_argument("--samples", type=int, default=4)
@@ -42,8 +42,10 @@ def main(argv=None) -> int:
             subprocess.run([py, "-m", "metis.train", "experiment=miniature_sft", f"trainer.max_steps={steps}",
                             f"hydra.run.dir={run}", "callbacks.progress.refresh_rate=0"], cwd=ROOT, check=True)
         ev = run / "sampled_eval.json"
-        subprocess.run([py, str(Path(__file__).parent / "eval_policy.py"), "--init-from", str(run / "hf"),
-                        "--n", str(args.n), "--samples", str(args.samples), "--out", str(ev)], cwd=ROOT, check=True)
+        if not ev.with_suffix(".jsonl").exists():  # sampled once; a re-run only re-applies the gate
+            subprocess.run([py, str(Path(__file__).parent / "eval_policy.py"), "--init-from", str(run / "hf"),
+                            "--n", str(args.n), "--samples", str(args.samples), "--out", str(ev)], cwd=ROOT,
+                           check=True)
         samples = [json.loads(line) for line in ev.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
         m = gate_metrics(samples, args.no_tool_guess)
         v = gate_verdict(m)
