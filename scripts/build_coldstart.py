@@ -48,7 +48,7 @@ def commit() -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--", "metis", "conf") else "")
+    return head + ("-dirty" if git("status", "--porcelain", "--", "metis", "conf", ":!metis/assets") else "")
 
 
 def build(work: Path, overrides: list[str]) -> tuple[Path, float]:
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ASSET, help="where to ship it (default metis/assets/coldstart_marker)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides of the recipe (not for the shipped build)")
     args = p.parse_args(argv)
+    built_from = commit()  # the code the build runs (read before it starts)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         hf, seconds = build(work, args.overrides)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = {
             "recipe": f"python -m metis.train {RECIPE}" + "".join(f" {o}" for o in args.overrides),
             "built_by": "python scripts/build_coldstart.py",
-            "commit": commit(),
+            "commit": built_from,
             "build_seconds": round(seconds),
             "files": files,
             "behaviour": measured,
