@@ -3,9 +3,11 @@
     python experiments/miniature/calibrate.py [--steps 200 300 350 375 400 600] [--out runs/miniature_decide]
 
 For each candidate SFT length: train `miniature_sft` (unless `<out>/calib/sft_<N>/hf` exists), sample
-it (unless its samples exist) at T = 1 (4 samples on each of the 64 val prompts), compute the gate quantities
-(`metis.analysis.gate`) and its verdict. Writes `calibration.json` (every candidate, and the chosen
-one: the shortest that passes) into `--out` and into `--record` (default: this folder, to commit).
+it (unless its samples exist) at T = 1 (4 samples on each of the 64 val prompts), compute the gate
+quantities (`metis.analysis.gate`) and its verdict. Each candidate's samples (the columns the gate
+reads) go to `calibration/sft_<N>.csv` beside the record, so every number can be recomputed. Writes
+`calibration.json` (every candidate, and the chosen one: the shortest that passes) into `--out` and
+into `--record` (default: this folder, to commit).
 Exit status 1 when no candidate passes. The no-tool guess is chance (1/6 for six colours) unless
 `--no-tool-guess` gives the no-tool control's measured tool-needed accuracy.
 """
@@ -22,6 +24,29 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from metis.analysis.gate import GATE, gate_metrics, gate_verdict  # noqa: E402
+
+
+SAMPLE_COLUMNS = ("prompt_id", "needs_tool", "called", "correct", "format_ok")
+
+
+def write_samples(path: Path, samples: list[dict]) -> None:
+    """One row per sample, the columns the gate reads: the committed trace of calibration.json."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(SAMPLE_COLUMNS)
+        for s in samples:
+            w.writerow([s["prompt_id"], *(int(bool(s[k])) for k in SAMPLE_COLUMNS[1:])])
+
+
+def read_samples(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return [{"prompt_id": r["prompt_id"], **{k: bool(int(r[k])) for k in SAMPLE_COLUMNS[1:]}}
+                for r in csv.DictReader(fh)]
 
 
 def main(argv=None) -> int:
@@ -47,6 +72,7 @@ def main(argv=None) -> int:
                             "--n", str(args.n), "--samples", str(args.samples), "--out", str(ev)], cwd=ROOT,
                            check=True)
         samples = [json.loads(line) for line in ev.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
+        write_samples(Path(args.record).resolve().parent / "calibration" / f"sft_{steps}.csv", samples)
         m = gate_metrics(samples, args.no_tool_guess)
         v = gate_verdict(m)
         candidates.append({"sft_steps": steps, "hf": str(run / "hf"), "metrics": m, "gate": v})

@@ -111,3 +111,29 @@ def test_ci_sized_hdpo_arm_logs_finite_metrics(tmp_path):
     config = read_config(run)
     assert config["reward"]["name"] == "hdpo" and config["reward"]["w_tool"] == 0.15
     assert config["group"] == "miniature" and "hdpo_w0.15" in config["tags"]
+
+
+def test_the_committed_calibration_follows_from_its_committed_samples():
+    """experiments/miniature/calibration.json: every candidate's gate numbers recomputed from its
+    calibration/sft_<N>.csv, and the choice is the shortest candidate that passes (or none)."""
+    import importlib.util
+    import json
+    import math
+
+    from metis.analysis.gate import gate_metrics, gate_verdict
+
+    here = Path(__file__).resolve().parents[2] / "experiments" / "miniature"
+    spec = importlib.util.spec_from_file_location("calibrate", here / "calibrate.py")
+    calibrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate)
+    record = json.loads((here / "calibration.json").read_text())
+    assert [c["sft_steps"] for c in record["candidates"]] == sorted(c["sft_steps"] for c in record["candidates"])
+    for cand in record["candidates"]:
+        samples = calibrate.read_samples(here / "calibration" / f"sft_{cand['sft_steps']}.csv")
+        assert len(samples) == record["prompts"] * record["samples_per_prompt"]
+        m = gate_metrics(samples, cand["metrics"]["no_tool_guess"])
+        for key, value in cand["metrics"].items():
+            assert math.isclose(m[key], value, rel_tol=1e-9), (cand["sft_steps"], key)
+        assert gate_verdict(m) == cand["gate"]
+    passing = [c["sft_steps"] for c in record["candidates"] if c["gate"]["passed"]]
+    assert record["chosen"] == (passing[0] if passing else None)
