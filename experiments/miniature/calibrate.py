@@ -1,13 +1,13 @@
 """Choose the cold start of the deciding sweep by the gate of DECISION_RULES.md, before any RL run.
 
-    python experiments/miniature/calibrate.py [--steps 200 300 350 375 400 600] [--out runs/miniature_decide]
+    python experiments/miniature/calibrate.py [--candidates 200 300 ... 400:hard70] [--out runs/miniature_decide]
 
-For each candidate SFT length: train `miniature_sft` (unless `<out>/calib/sft_<N>/hf` exists), sample
-it (unless its samples exist) at T = 1 (4 samples on each of the 64 val prompts), compute the gate
-quantities (`metis.analysis.gate`) and its verdict. Each candidate's samples (the columns the gate
-reads) go to `calibration/sft_<N>.csv` beside the record, so every number can be recomputed. Writes
-`calibration.json` (every candidate, and the chosen one: the shortest that passes) into `--out` and
-into `--record` (default: this folder, to commit).
+For each candidate (an SFT length, optionally with a data variant): train `miniature_sft` (unless
+`<out>/calib/<name>/hf` exists), sample it (unless its samples exist) at T = 1 (4 samples on each of
+the 64 val prompts), compute the gate quantities (`metis.analysis.gate`) and its verdict. Each
+candidate's samples (the columns the gate reads) go to `calibration/<name>.csv` beside the record,
+so every number can be recomputed. Writes `calibration.json` (every candidate, and the chosen one:
+the first that passes, in the rules' order) into `--out` and into `--record` (default: this folder).
 Exit status 1 when no candidate passes. The no-tool guess is chance (1/6 for six colours) unless
 `--no-tool-guess` gives the no-tool control's measured tool-needed accuracy.
 """
@@ -49,9 +49,26 @@ def read_samples(path: Path) -> list[dict]:
                 for r in csv.DictReader(fh)]
 
 
+# SFT data variants of the candidates (DECISION_RULES.md, amendment 2): name -> Hydra overrides
+DATA_VARIANTS: dict[str, list[str]] = {
+    "": [],
+    "hard70": ["data.source.hard_fraction=0.7"],  # 70 % tool-needed SFT samples (default 50 %)
+}
+CANDIDATES = ["200", "300", "350", "375", "400", "600", "400:hard70", "450:hard70"]  # the rules' order
+
+
+def parse_candidate(spec: str) -> tuple[int, str, str]:
+    """``"400"`` or ``"400:hard70"`` -> (steps, data variant, name)."""
+    steps, _, variant = spec.partition(":")
+    if variant not in DATA_VARIANTS:
+        raise SystemExit(f"unknown data variant {variant!r} in candidate {spec!r}: one of {sorted(DATA_VARIANTS)}")
+    return int(steps), variant, f"sft_{steps}" + (f"_{variant}" if variant else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[200, 300, 350, 375, 400, 600])
+    p.add_argument("--candidates", nargs="+", default=CANDIDATES,
+                   help="SFT steps, optionally :<data variant>, in the order of the rules (the first passing is chosen)")
     p.add_argument("--out", default="runs/miniature_decide")
     p.add_argument("--record", default=str(Path(__file__).parent / "calibration.json"))
     p.add_argument("--samples", type=int, default=4)
@@ -61,25 +78,28 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     py = sys.executable
     candidates = []
-    for steps in sorted(args.steps):
-        run = out / "calib" / f"sft_{steps}"
+    for spec in args.candidates:
+        steps, variant, name = parse_candidate(spec)
+        run = out / "calib" / name
         if not (run / "hf" / "config.json").exists():
             subprocess.run([py, "-m", "metis.train", "experiment=miniature_sft", f"trainer.max_steps={steps}",
-                            f"hydra.run.dir={run}", "callbacks.progress.refresh_rate=0"], cwd=ROOT, check=True)
+                            *DATA_VARIANTS[variant], f"hydra.run.dir={run}", "callbacks.progress.refresh_rate=0"],
+                           cwd=ROOT, check=True)
         ev = run / "sampled_eval.json"
         if not ev.with_suffix(".jsonl").exists():  # sampled once; a re-run only re-applies the gate
             subprocess.run([py, str(Path(__file__).parent / "eval_policy.py"), "--init-from", str(run / "hf"),
                             "--n", str(args.n), "--samples", str(args.samples), "--out", str(ev)], cwd=ROOT,
                            check=True)
         samples = [json.loads(line) for line in ev.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
-        write_samples(Path(args.record).resolve().parent / "calibration" / f"sft_{steps}.csv", samples)
+        write_samples(Path(args.record).resolve().parent / "calibration" / f"{name}.csv", samples)
         m = gate_metrics(samples, args.no_tool_guess)
         v = gate_verdict(m)
-        candidates.append({"sft_steps": steps, "hf": str(run / "hf"), "metrics": m, "gate": v})
-        print(f"sft_steps={steps}: " + ", ".join(f"{k}={'pass' if ok else 'FAIL'}" for k, ok in v.items()), flush=True)
+        candidates.append({"name": name, "sft_steps": steps, "data": DATA_VARIANTS[variant], "hf": str(run / "hf"),
+                           "metrics": m, "gate": v})
+        print(f"{name}: " + ", ".join(f"{k}={'pass' if ok else 'FAIL'}" for k, ok in v.items()), flush=True)
     chosen = next((c for c in candidates if c["gate"]["passed"]), None)
     record = {"gate": GATE, "samples_per_prompt": args.samples, "prompts": args.n, "candidates": candidates,
-              "chosen": chosen["sft_steps"] if chosen else None}
+              "chosen": chosen["name"] if chosen else None}
     for path in {out / "calibration.json", Path(args.record).resolve()}:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")

@@ -24,7 +24,7 @@ stamp() { echo "$1	$2	$(( $(date +%s) - $3 ))" >> "$OUT/times.tsv"; }
 t=$(date +%s)
 "$PY" "$HERE/calibrate.py" --out "$OUT" | tee "$OUT/logs/calibrate.log"
 stamp calibrate all "$t"
-SFT=$("$PY" -c "import json,sys; d=json.load(open('$OUT/calibration.json')); print(next(c['hf'] for c in d['candidates'] if c['sft_steps']==d['chosen']))")
+SFT=$("$PY" -c "import json,sys; d=json.load(open('$OUT/calibration.json')); print(next(c['hf'] for c in d['candidates'] if c['name']==d['chosen']))")
 
 t=$(date +%s)
 "$PY" -m metis.train experiment=miniature/hdpo_w0.15 model.init_from="$SFT" trainer.max_steps=3 \

@@ -115,7 +115,7 @@ def test_ci_sized_hdpo_arm_logs_finite_metrics(tmp_path):
 
 def test_the_committed_calibration_follows_from_its_committed_samples():
     """experiments/miniature/calibration.json: every candidate's gate numbers recomputed from its
-    calibration/sft_<N>.csv, and the choice is the shortest candidate that passes (or none)."""
+    calibration/<name>.csv, and the choice is the first candidate that passes in the rules' order (or none)."""
     import importlib.util
     import json
     import math
@@ -127,13 +127,14 @@ def test_the_committed_calibration_follows_from_its_committed_samples():
     calibrate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(calibrate)
     record = json.loads((here / "calibration.json").read_text())
-    assert [c["sft_steps"] for c in record["candidates"]] == sorted(c["sft_steps"] for c in record["candidates"])
+    assert [c["name"] for c in record["candidates"]][:len(calibrate.CANDIDATES)] == \
+        [calibrate.parse_candidate(c)[2] for c in calibrate.CANDIDATES][:len(record["candidates"])]  # the rules' order
     for cand in record["candidates"]:
-        samples = calibrate.read_samples(here / "calibration" / f"sft_{cand['sft_steps']}.csv")
+        samples = calibrate.read_samples(here / "calibration" / f"{cand['name']}.csv")
         assert len(samples) == record["prompts"] * record["samples_per_prompt"]
         m = gate_metrics(samples, cand["metrics"]["no_tool_guess"])
         for key, value in cand["metrics"].items():
             assert math.isclose(m[key], value, rel_tol=1e-9), (cand["sft_steps"], key)
         assert gate_verdict(m) == cand["gate"]
-    passing = [c["sft_steps"] for c in record["candidates"] if c["gate"]["passed"]]
+    passing = [c["name"] for c in record["candidates"] if c["gate"]["passed"]]
     assert record["chosen"] == (passing[0] if passing else None)
