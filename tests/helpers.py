@@ -18,10 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
-def compose_cfg(*overrides: str, return_hydra_config: bool = True):
-    """The real configs, composed as `python -m metis.train <overrides>` would."""
+def compose_cfg(*overrides: str, return_hydra_config: bool = True, experiment: str | None = "hdpo_tiny"):
+    """The real configs, composed as `python -m metis.train <overrides>` would; without an
+    ``experiment=`` override, ``experiment`` (default hdpo_tiny: the tests' tiny setting; None: the
+    bare command's default, conf/config.yaml)."""
+    overrides = list(overrides)
+    if experiment and not any(o.startswith("experiment=") for o in overrides):
+        overrides.insert(0, f"experiment={experiment}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 class FakeObservation:

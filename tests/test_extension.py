@@ -124,7 +124,7 @@ def _compose(config: str, conf: Path, *overrides: str):
 
 
 def test_scheme_and_tool_from_outside(outside):
-    overrides = [f"hydra.searchpath=[file://{outside}]", f"extensions=[{MODULE}]", "reward=capped_calls",
+    overrides = [f"hydra.searchpath=[file://{outside}]", f"extensions=[{MODULE}]", "experiment=hdpo_tiny", "reward=capped_calls",
                  "reward.cap=1", "tools=with_echo"]
     # the documented command (dry_run: imports the extension, builds reward and loss, no hardware)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(outside.parent / "code"), str(ROOT)]))

@@ -65,12 +65,12 @@ def test_8b_experiments_without_data_stop_naming_the_key(experiment):
 
 
 def test_bad_config_fails_at_startup_naming_the_key():
-    out = subprocess.run([sys.executable, "-m", "metis.train", "reward.w_tool=-1", "dry_run=true"],
+    out = subprocess.run([sys.executable, "-m", "metis.train", "experiment=hdpo_tiny", "reward.w_tool=-1", "dry_run=true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "w_tool" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "metis.train", "reward=grpo", "+reward.alpha=0.5", "dry_run=true"],
+    out = subprocess.run([sys.executable, "-m", "metis.train", "experiment=hdpo_tiny", "reward=grpo", "+reward.alpha=0.5", "dry_run=true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "alpha" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "metis.train", "rollout.n=0", "dry_run=true"],
+    out = subprocess.run([sys.executable, "-m", "metis.train", "experiment=hdpo_tiny", "rollout.n=0", "dry_run=true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "rollout.n" in out.stderr
