@@ -132,3 +132,34 @@ class ValidateAtStart(Callback):
             log.info("validation before RL step 1: accuracy %.3f, tool-call rate %.3f",
                      self.before.get("val/accuracy", float("nan")),
                      self.before.get("val/tool_call_rate", float("nan")))
+
+
+class SampledTrend(Callback):
+    """The sampled training rollouts' rates over the first and the last ``window`` RL steps, for the
+    summary's ``first -> last`` lines: greedy validation on a few prompts moves in steps of 1/n and
+    late, the sampled rates show where the policy is heading. Rank 0 reads what the step logged."""
+
+    KEYS = ("train/accuracy", "train/accuracy_tool_needed", "train/unnecessary_tool_rate",
+            "train/necessary_tool_rate", "train/tool_call_rate")
+
+    def __init__(self, window: int = 8) -> None:
+        self.window = int(window)
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if hasattr(pl_module, "rl_step"):
+            m = trainer.callback_metrics
+            self.steps.append({k: float(m[k]) for k in self.KEYS if k in m})
+
+    def trend(self) -> tuple[str, dict[str, float], dict[str, float]] | None:
+        """(label, mean over the first window, mean over the last window); None when too short."""
+        w = min(self.window, len(self.steps) // 2)
+        if w < 1:
+            return None
+
+        def mean(rows):
+            keys = {k for r in rows for k in r}
+            return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
+
+        n = len(self.steps)
+        return f"RL steps 1-{w} -> {n - w + 1}-{n}", mean(self.steps[:w]), mean(self.steps[-w:])

@@ -120,8 +120,16 @@ def load_run(run_dir: Path) -> RunData:
     return RunData(path=run_dir, config=config, rows=rows, seed=config.get("seed"), keys=keys)
 
 
-def _arm_keys(flat: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if not k.startswith(IGNORED_PREFIXES)}
+def _seed_copies(flats: list[dict[str, Any]]) -> set[str]:
+    """Nested keys that hold the run's own seed in every run (``data.seed: ${seed}``, resolved)."""
+    keys = {k for f in flats for k in f if k.endswith(".seed")}
+    return {k for k in keys if all(k in f and f[k] == f.get("seed") for f in flats)}
+
+
+def _arm_keys(flat: dict[str, Any], seed_copies: set[str] = frozenset()) -> dict[str, Any]:
+    """The keys that make an arm: not the seed (or its copies), not where things are written."""
+    return {k: v for k, v in flat.items() if not k.startswith(IGNORED_PREFIXES)
+            and k != "trainer.default_root_dir" and k not in seed_copies}
 
 
 def label_runs(runs: list[RunData], group_by: list[str] | None = None) -> dict[str, list[RunData]]:
@@ -137,9 +145,10 @@ def label_runs(runs: list[RunData], group_by: list[str] | None = None) -> dict[s
     else:
         heads = [next((str(f[k]) for k in ("reward.name", "experiment_name") if f.get(k) is not None),
                       r.path.name) for r, f in zip(runs, flats)]
+        seed_copies = _seed_copies(flats)
         for head in set(heads):
             members = [i for i, h in enumerate(heads) if h == head]
-            arms = [_arm_keys(flats[i]) for i in members]
+            arms = [_arm_keys(flats[i], seed_copies) for i in members]
             varying = sorted({k for a in arms for k in a if k != "experiment_name"
                               and len({repr(b.get(k)) for b in arms}) > 1})
             for i, arm in zip(members, arms):

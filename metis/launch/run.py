@@ -12,7 +12,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metis.launch.validate import check_resources, search_backends, validate_config
-from metis.utils.summary import dashboard_command, metric_lines
+from metis.utils.summary import dashboard_command, metric_lines, trend_lines
 
 log = logging.getLogger("metis")
 
@@ -185,7 +185,10 @@ def finish_run(run: Run, trainer, module) -> dict[str, float]:
             lines.append(f"  logs       : {Path(lg.log_dir).resolve()}")
     before = next((cb.before for cb in trainer.callbacks if getattr(cb, "before", None)), None)
     rl_step = getattr(module, "rl_step", None)
-    lines += metric_lines(metrics, before, rl_step)
+    trend = next((cb.trend() for cb in trainer.callbacks if callable(getattr(cb, "trend", None))), None)
+    trend_printed = trend_lines(*trend) if trend is not None else []
+    lines += metric_lines(metrics, before, rl_step, skip=frozenset(trend[1]) if trend_printed else frozenset())
+    lines += trend_printed
     if rl_step is not None:  # the dashboard draws RL runs
         lines.append(f"  curves     : {dashboard_command(run.output_dir)}")
     print("\n".join(lines), flush=True)

@@ -30,9 +30,9 @@ def _num(value: float) -> str:
 
 
 def metric_lines(metrics: Mapping[str, float], before: Mapping[str, float] | None = None,
-                 rl_step: int | None = None) -> list[str]:
+                 rl_step: int | None = None, skip: frozenset[str] = frozenset()) -> list[str]:
     """``  <label> : <value>`` lines; with ``before`` (the validation before the first RL step), the
-    validation numbers read ``before -> after``."""
+    validation numbers read ``before -> after``. ``skip``: keys printed elsewhere (the sampled trend)."""
     before = before or {}
     keys = RL_KEYS if any(k.startswith("train/rl_step") or k.startswith("val/accuracy") for k in metrics) \
         else SFT_KEYS + [(k, k) for k in sorted(metrics) if k.endswith("loss") and k not in dict(SFT_KEYS)]
@@ -41,13 +41,31 @@ def metric_lines(metrics: Mapping[str, float], before: Mapping[str, float] | Non
         steps = f" {rl_step} RL steps" if rl_step is not None else " training"
         lines.append(f"  (val: greedy on the validation prompts; before -> after{steps})")
     for key, label in keys:
-        if key not in metrics:
+        if key not in metrics or key in skip:
             continue
         if key in before:
-            lines.append(f"  {label:<24}: {_num(before[key])} -> {_num(metrics[key])}")
+            lines.append(f"  {label:<25}: {_num(before[key])} -> {_num(metrics[key])}")
         else:
-            lines.append(f"  {label:<24}: {_num(metrics[key])}")
+            lines.append(f"  {label:<25}: {_num(metrics[key])}")
     return lines
+
+
+TREND_KEYS = [
+    ("train/accuracy", "accuracy"),
+    ("train/accuracy_tool_needed", "acc, tool needed"),
+    ("train/unnecessary_tool_rate", "unneeded calls"),
+    ("train/necessary_tool_rate", "needed calls"),
+    ("train/tool_call_rate", "tool-call rate"),
+]
+
+
+def trend_lines(label: str, first: Mapping[str, float], last: Mapping[str, float]) -> list[str]:
+    """``first -> last`` lines of the sampled training rates (mean over the first / last RL steps)."""
+    lines = [f"  (train: sampled rollouts, mean over {label})"]
+    for key, name in TREND_KEYS:
+        if key in first and key in last:
+            lines.append(f"  {'sampled ' + name:<25}: {_num(first[key])} -> {_num(last[key])}")
+    return lines if len(lines) > 1 else []
 
 
 def dashboard_command(output_dir: Path) -> str:

@@ -17,22 +17,21 @@ EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for
 def test_every_experiment_composes_and_resolves(experiment, tmp_path):
     cfg = compose_cfg(f"experiment={experiment}", f"hydra.run.dir={tmp_path}")
     cfg.paths.output_dir = str(tmp_path)  # hydra:runtime is only set inside a real run
-    if experiment == "hdpo_marker" and not (ROOT / "metis" / "assets" / "coldstart_marker").exists():
-        # its cold start is not shipped yet: resolving must stop with the build command, not later
-        with pytest.raises(Exception, match="scripts/build_coldstart.py"):
-            OmegaConf.resolve(cfg)
-        return
     OmegaConf.resolve(cfg)
     assert cfg.experiment_name not in (None, "default")  # every experiment names its runs
     for key in ("model", "module", "data", "trainer"):
         assert "_target_" in cfg[key], f"{experiment}: {key} has no _target_"
 
 
-def test_bare_default_is_hdpo_tiny():
-    cfg = compose_cfg()
-    assert cfg.experiment_name == "rl_tiny_hdpo"  # run names carry the reward scheme
-    assert cfg.model.tiny is not None and cfg.trainer.accelerator == "cpu"
-    assert cfg.reward.name == "hdpo" and cfg.reward.w_tool == 0.15
+def test_bare_default_is_hdpo_from_the_shipped_cold_start(tmp_path):
+    cfg = compose_cfg(f"hydra.run.dir={tmp_path}", experiment=None)  # what a bare `python -m metis.train` composes
+    cfg.paths.output_dir = str(tmp_path)  # hydra:runtime is only set inside a real run
+    OmegaConf.resolve(cfg)
+    assert cfg.experiment_name == "hdpo_marker" and cfg.trainer.accelerator == "cpu"
+    assert cfg.reward.name == "hdpo" and cfg.reward.w_tool == 0.15 and cfg.trainer.max_steps == 48
+    assert cfg.model.init_from == str(ROOT / "metis" / "assets" / "coldstart_marker")
+    tiny = compose_cfg()  # the tests' tiny setting
+    assert tiny.experiment_name == "rl_tiny_hdpo" and tiny.model.tiny is not None  # run names carry the scheme
 
 
 def test_hdpo_8b_carries_the_papers_hyperparameters():

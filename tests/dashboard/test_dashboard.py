@@ -24,7 +24,8 @@ def write_run(path: Path, reward: dict, seed: int, unnec: list[float], val_every
     (a validation row at step 0, one training row per RL step, a validation row every val_every)."""
     path.mkdir(parents=True)
     cfg = {"seed": seed, "experiment_name": "x", "reward": reward, "module": {"lr": 1e-4},
-           "paths": {"output_dir": str(path)}, "trainer": {"max_steps": len(unnec)}}
+           "paths": {"output_dir": str(path)}, "trainer": {"max_steps": len(unnec), "default_root_dir": str(path)},
+           "data": {"seed": seed, "source": {"seed": 0}}}  # as a resolved run config: data.seed = ${seed}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = [{"step": 0, "val/accuracy": 0.5, "val/unnecessary_tool_rate": unnec[0]}]
     for i, u in enumerate(unnec, start=1):

@@ -66,3 +66,27 @@ def test_step0_validation_pools_like_lightning():
     means = pooled_means(sums + sums)   # another rank's identical shard: the same means
     assert means["accuracy"] == 0.25 and means["accuracy_tool_needed"] == 1.0 and "tool_call_rate" not in means
     assert isinstance(sums, torch.Tensor)
+
+
+def test_sampled_trend_first_and_last_steps_replace_the_last_step_values():
+    from metis.dashboard.callbacks import SampledTrend
+    from metis.utils.summary import trend_lines
+
+    cb = SampledTrend(window=2)
+    module = SimpleNamespace(rl_step=0)
+    rates = [0.9, 0.8, 0.7, 0.5, 0.3]
+    for k, rate in enumerate(rates):
+        trainer = SimpleNamespace(callback_metrics={"train/unnecessary_tool_rate": torch.tensor(rate),
+                                                    "train/accuracy": torch.tensor(0.75)})
+        cb.on_train_batch_end(trainer, module, None, None, k)
+    label, first, last = cb.trend()
+    assert label == "RL steps 1-2 -> 4-5"
+    assert abs(first["train/unnecessary_tool_rate"] - 0.85) < 1e-6 and abs(last["train/unnecessary_tool_rate"] - 0.4) < 1e-6
+    lines = trend_lines(label, first, last)
+    assert "sampled rollouts, mean over RL steps 1-2 -> 4-5" in lines[0]
+    assert any("sampled unneeded calls" in l and "0.8500 -> 0.4000" in l for l in lines)
+    # the last-step copies of the same keys are not printed again
+    metrics = {"train/rl_step": 5.0, "train/unnecessary_tool_rate": 0.3, "train/accuracy": 0.75, "train/rho_Q": 0.2}
+    text = "\n".join(metric_lines(metrics, skip=frozenset(first)))
+    assert "train unnecessary tools" not in text and "train accuracy" not in text and "train rho_Q" in text
+    assert SampledTrend(window=8).trend() is None  # nothing logged yet
