@@ -27,7 +27,7 @@ def test_bare_default_is_hdpo_from_the_shipped_cold_start(tmp_path):
     cfg = compose_cfg(f"hydra.run.dir={tmp_path}", experiment=None)  # what a bare `python -m metis.train` composes
     cfg.paths.output_dir = str(tmp_path)  # hydra:runtime is only set inside a real run
     OmegaConf.resolve(cfg)
-    assert cfg.experiment_name == "hdpo_marker" and cfg.trainer.accelerator == "cpu"
+    assert cfg.experiment_name == "marker_hdpo" and cfg.trainer.accelerator == "cpu"
     assert cfg.reward.name == "hdpo" and cfg.reward.w_tool == 0.15 and cfg.trainer.max_steps == 48
     assert cfg.model.init_from == str(ROOT / "metis" / "assets" / "coldstart_marker")
     tiny = compose_cfg()  # the tests' tiny setting
@@ -73,3 +73,13 @@ def test_bad_config_fails_at_startup_naming_the_key():
     out = subprocess.run([sys.executable, "-m", "metis.train", "experiment=hdpo_tiny", "rollout.n=0", "dry_run=true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "rollout.n" in out.stderr
+
+
+@pytest.mark.parametrize("overrides", [["reward=grpo"], ["reward=coupled", "reward.alpha=0.5"]])
+def test_the_readme_scheme_swap_works_on_the_bare_default(overrides):
+    """`python -m metis.train reward=<scheme>`: the default experiment sets nothing scheme-specific."""
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(*overrides, experiment=None, return_hydra_config=False)
+    scheme = instantiate(cfg.reward)
+    assert scheme.describe()["name"] == overrides[0].split("=")[1]

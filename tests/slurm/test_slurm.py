@@ -179,7 +179,7 @@ def test_hydra_submitit_launcher_multirun_through_slurm(slurm_cluster):
     c = slurm_cluster
     sweep_dir = c.tmp / "multirun"
     cmd = [sys.executable, "-m", "metis.train", "--multirun", "hydra/launcher=submitit_slurm_metis",
-           "reward=hdpo,grpo", "trainer.max_steps=1", "data.val_prompts=2", "group=launcher_smoke",
+           "experiment=hdpo_tiny", "reward=hdpo,grpo", "trainer.max_steps=1", "data.val_prompts=2", "group=launcher_smoke",
            "tags=[launcher_smoke]", f"hydra.sweep.dir={sweep_dir}"]
     t0 = time.monotonic()
     try:
