@@ -62,9 +62,10 @@ class Cluster:
         return subprocess.run(cmd, env=self.env, cwd=kw.pop("cwd", ROOT), capture_output=True, text=True,
                               timeout=timeout, **kw)
 
-    def jobs(self) -> list[str]:
-        out = self.run("squeue", "-h", "-o", "%A")
-        return out.stdout.split()
+    def jobs(self) -> list[str] | None:
+        """Job ids in the queue (requeued ones included); None when squeue did not answer."""
+        out = self.run("squeue", "-h", "-o", "%A", "-t", "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED,REQUEUED")
+        return out.stdout.split() if out.returncode == 0 else None
 
     def cancel_all(self) -> None:
         jobs = self.jobs()
@@ -74,7 +75,7 @@ class Cluster:
     def wait_empty(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.jobs():
+            if self.jobs() == []:  # not None: a squeue that failed says nothing
                 return True
             time.sleep(1)
         return False
@@ -250,7 +251,12 @@ def test_train_sbatch_requeues_on_sigusr1_and_resumes_in_the_same_dir(slurm_clus
                 f"no requeue (state {state!r}; empty: the job ended before the signal)\n{_tail(log)}")
             time.sleep(0.5)
         c.run("scontrol", "update", f"jobid={job}", "StartTime=now")
-        # 3. the second run resumes and finishes
+        # 3. the second run starts (its first log line), resumes and finishes
+        deadline = time.monotonic() + 180
+        while "restart 1" not in log.read_text():
+            assert time.monotonic() < deadline, (
+                f"the requeued job never started: {c.run('squeue', '-h', '-j', job, '-o', '%T|%r').stdout!r}\n{_tail(log)}")
+            time.sleep(0.5)
         assert c.wait_empty(300), f"requeued job did not finish\n{_tail(log)}"
     finally:
         c.cancel_all()
