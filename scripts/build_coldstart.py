@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -27,20 +26,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from metis.utils.files import file_sha256 as sha256  # noqa: E402
+
 ASSET = ROOT / "metis" / "assets" / "coldstart_marker"
 RECIPE = "experiment=coldstart_marker"
 FILES = ("config.json", "model.safetensors", "generation_config.json")
 BEHAVIOUR = ("accuracy", "accuracy_tool_needed", "accuracy_tool_unneeded", "unnecessary_tool_rate",
              "necessary_tool_rate", "tool_call_rate", "mean_tool_calls")
 VAL_PROMPTS = 16
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def commit() -> str:

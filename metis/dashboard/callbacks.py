@@ -10,6 +10,8 @@ import logging
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from metis.utils.metrics import window_mean
+
 log = logging.getLogger(__name__)
 
 STEP_METRIC = "train/rl_step"
@@ -156,10 +158,5 @@ class SampledTrend(Callback):
         w = min(self.window, len(self.steps) // 2)
         if w < 1:
             return None
-
-        def mean(rows):
-            keys = {k for r in rows for k in r}
-            return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
-
         n = len(self.steps)
-        return f"RL steps 1-{w} -> {n - w + 1}-{n}", mean(self.steps[:w]), mean(self.steps[-w:])
+        return f"RL steps 1-{w} -> {n - w + 1}-{n}", window_mean(self.steps[:w]), window_mean(self.steps[-w:])

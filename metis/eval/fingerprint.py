@@ -23,20 +23,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
+from metis.utils.files import CHUNK, file_sha256  # noqa: F401 (file_sha256: part of this module's API)
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".model", ".txt")
 
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_digest(path: str | Path | None) -> str | None:

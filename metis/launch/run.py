@@ -141,13 +141,18 @@ def _ignore_late_requeue_signal() -> None:
         pass
 
 
+def _wandb_run(logger) -> Any:
+    """The logger's W&B run (it has a folder), else None."""
+    exp = getattr(logger, "experiment", None)
+    return exp if getattr(exp, "dir", None) else None
+
+
 def _finish_preempted(trainer, preemption, metrics: dict[str, float]) -> dict[str, float]:
     """After a pre-emption save: no export and no summary (the requeued job writes them at its end);
     close the loggers first, then requeue, since SLURM kills the job as it requeues it."""
     if trainer.global_rank == 0:
         for lg in trainer.loggers:
-            exp = getattr(lg, "experiment", None)
-            if getattr(exp, "dir", None):
+            if (exp := _wandb_run(lg)) is not None:
                 exp.finish()
         job = preemption.requeue_job()
         print(f"Metis run pre-empted at step {trainer.global_step}: saved {preemption.saved}"
@@ -175,11 +180,10 @@ def finish_run(run: Run, trainer, module) -> dict[str, float]:
     if export.exists():
         lines.append(f"  HF export  : {export.resolve()} (use as model.init_from)")
     for lg in trainer.loggers:
-        exp = getattr(lg, "experiment", None)
-        run_dir = getattr(exp, "dir", None)
-        if run_dir:
+        exp = _wandb_run(lg)
+        if exp is not None:
             mode = "offline" if getattr(exp, "offline", False) or os.environ.get("WANDB_MODE") in ("offline", "dryrun") else "online"
-            lines.append(f"  W&B run    : {Path(run_dir).parent.resolve()} ({mode}; `wandb sync` uploads it)")
+            lines.append(f"  W&B run    : {Path(exp.dir).parent.resolve()} ({mode}; `wandb sync` uploads it)")
             exp.finish()
         elif getattr(lg, "log_dir", None):
             lines.append(f"  logs       : {Path(lg.log_dir).resolve()}")

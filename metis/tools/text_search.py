@@ -12,7 +12,6 @@ stemmer; snippets are the first ``snippet_chars`` characters of the text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import httpx
 from metis.tools.base import (Observation, Tool, cache_root, error_observation,
                               escape_text)
 from metis.tools.search_common import ProviderError, QueryCache, api_key_headers, post_json
+from metis.utils.files import file_sha256
 
 
 @dataclass
@@ -39,14 +39,6 @@ class SearchProvider(Protocol):
     cache_namespace: str
 
     def search(self, query: str, k: int) -> list[SearchResult]: ...
-
-
-def _file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_corpus(path: str) -> list[dict[str, str]]:
@@ -74,7 +66,7 @@ class BM25Provider:
         self._bm25s = bm25s
         self.corpus_path = corpus_path or make_text_corpus()
         self.snippet_chars = snippet_chars
-        digest = _file_hash(self.corpus_path)
+        digest = file_sha256(self.corpus_path)
         self.cache_namespace = f"bm25:{digest}"
         self.docs = load_corpus(self.corpus_path)
         self.index_dir = index_dir or os.path.join(cache_root(), "bm25", digest[:32])
