@@ -7,7 +7,7 @@ For each candidate (an SFT length, optionally with a data variant): train `minia
 the 64 val prompts), compute the gate quantities (`metis.analysis.gate`) and its verdict. Each
 candidate's samples (the columns the gate reads) go to `calibration/<name>.csv` beside the record,
 so every number can be recomputed. Writes `calibration.json` (every candidate, and the chosen one:
-the first that passes, in the rules' order) into `--out` and into `--record` (default: this folder).
+the first that passes, in the rules' order; later candidates are not trained) into `--out` and into `--record` (default: this folder).
 Exit status 1 when no candidate passes. The no-tool guess is chance (1/6 for six colours) unless
 `--no-tool-guess` gives the no-tool control's measured tool-needed accuracy.
 """
@@ -53,8 +53,10 @@ def read_samples(path: Path) -> list[dict]:
 DATA_VARIANTS: dict[str, list[str]] = {
     "": [],
     "hard70": ["data.source.hard_fraction=0.7"],  # 70 % tool-needed SFT samples (default 50 %)
+    "noise50": ["data.source.answer_noise=0.5"],  # amendment 3: half the SFT answers name another colour
 }
-CANDIDATES = ["200", "300", "350", "375", "400", "600", "400:hard70", "450:hard70"]  # the rules' order
+CANDIDATES = ["200", "300", "350", "375", "400", "600", "400:hard70", "450:hard70",
+              "450:noise50", "500:noise50"]  # the rules' order
 
 
 def parse_candidate(spec: str) -> tuple[int, str, str]:
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
         candidates.append({"name": name, "sft_steps": steps, "data": DATA_VARIANTS[variant], "hf": str(run / "hf"),
                            "metrics": m, "gate": v})
         print(f"{name}: " + ", ".join(f"{k}={'pass' if ok else 'FAIL'}" for k, ok in v.items()), flush=True)
+        if v["passed"]:  # the first that passes is chosen: later candidates are not trained
+            break
     chosen = next((c for c in candidates if c["gate"]["passed"]), None)
     record = {"gate": GATE, "samples_per_prompt": args.samples, "prompts": args.n, "candidates": candidates,
               "chosen": chosen["name"] if chosen else None}

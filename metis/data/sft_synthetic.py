@@ -20,6 +20,7 @@ Deliberate simplifications: the observation text and images are produced here, w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -130,16 +131,39 @@ def trajectory_for_task(task: Task, use_tool: bool, rng: random.Random,
 
 def make_sft_records(n: int = 512, seed: int = 0, families: tuple[str, ...] | list[str] = ("arithmetic", "zoom"),
                      hard_fraction: float = 0.5, tool_fraction_unneeded: float = 0.9,
-                     tool_fraction_needed: float = 1.0, system_prompt: str | None = None) -> list[TrajectoryRecord]:
-    """``n`` synthetic trajectories (seeded); see the module docstring for the tool-use mix."""
-    for name, value in (("tool_fraction_unneeded", tool_fraction_unneeded), ("tool_fraction_needed", tool_fraction_needed)):
+                     tool_fraction_needed: float = 1.0, system_prompt: str | None = None,
+                     answer_noise: float = 0.0) -> list[TrajectoryRecord]:
+    """``n`` synthetic trajectories (seeded); see the module docstring for the tool-use mix.
+
+    ``answer_noise``: the share of trajectories whose answer (final reason and ``<answer>``) is
+    another answer of the same family, drawn uniformly from the distinct answers in the set; the
+    tool call and its observation stay true. A model that learns the data answers right with
+    probability about ``1 - answer_noise`` where it perceives the answer: a cold start that is
+    deliberately imperfect (experiments/miniature/DECISION_RULES.md, amendment 3). The record keeps
+    the true ``ground_truth``; ``meta["noisy_answer"]`` marks it. The noise draws come from their own
+    generator, so ``answer_noise=0`` gives exactly the records of before.
+    """
+    for name, value in (("tool_fraction_unneeded", tool_fraction_unneeded), ("tool_fraction_needed", tool_fraction_needed),
+                        ("answer_noise", answer_noise)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     tasks = make_tasks(n, seed=seed, families=tuple(families), hard_fraction=hard_fraction, prefix="sft/")
     rng = random.Random(seed + 7919)
+    noise_rng = random.Random(seed + 104729)
+    pools: dict[str, list[str]] = {}
+    for task in tasks:
+        pools.setdefault(task.data_source, []).append(str(task.answer))
+    pools = {k: sorted(set(v)) for k, v in pools.items()}
     prompt = system_prompt if system_prompt is not None else metis_system_prompt()
     records = []
     for task in tasks:
         p = tool_fraction_needed if task.needs_tool else tool_fraction_unneeded
-        records.append(trajectory_for_task(task, rng.random() < p, rng, prompt))
+        use_tool = rng.random() < p
+        others = [a for a in pools[task.data_source] if a != str(task.answer)]
+        if answer_noise and others and noise_rng.random() < answer_noise:
+            record = trajectory_for_task(dataclasses.replace(task, answer=noise_rng.choice(others)), use_tool, rng, prompt)
+            record.ground_truth, record.meta["noisy_answer"] = [str(task.answer)], True
+        else:
+            record = trajectory_for_task(task, use_tool, rng, prompt)
+        records.append(record)
     return records

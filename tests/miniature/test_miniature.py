@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from metis.utils.wandb_offline import read_config, read_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +80,29 @@ def test_marker_sft_records_trigger_happy_and_no_tool_control():
     assert needed and all(r.meta["used_tool"] for r in needed)
     assert 0.75 <= sum(r.meta["used_tool"] for r in unneeded) / len(unneeded) < 1.0
     assert not any(r.meta["used_tool"] for r in control) and all(len(r.images) == 1 for r in control)
+
+
+def test_answer_noise_relabels_that_share_with_another_colour_and_keeps_the_rest_unchanged():
+    from metis.data.miniature import MARKER_COLORS, make_sft_records
+
+    clean = make_sft_records(n=400, families=["marker"])
+    noisy = make_sft_records(n=400, families=["marker"], answer_noise=0.5)
+    assert [r.source_id for r in clean] == [r.source_id for r in noisy]
+    flipped = [(c, r) for c, r in zip(clean, noisy) if r.meta.get("noisy_answer")]
+    assert 0.4 <= len(flipped) / len(noisy) <= 0.6
+    for c, r in zip(clean, noisy):
+        assert r.ground_truth == c.ground_truth == [c.final_answer]       # the truth is kept
+        assert r.meta["used_tool"] == c.meta["used_tool"]                 # same tool-use mix
+        if r.meta.get("noisy_answer"):
+            assert r.final_answer != c.final_answer and r.final_answer in MARKER_COLORS
+            assert r.messages[-1]["content"][-1]["text"].endswith(f"<answer>{r.final_answer}</answer>")
+            if r.meta["used_tool"]:  # the call and its observation stay true: same code, same zoom
+                assert r.messages[2] == c.messages[2] and r.images[1].tobytes() == c.images[1].tobytes()
+        else:
+            assert r.messages == c.messages
+    assert len({r.final_answer for _, r in flipped}) == len(MARKER_COLORS)  # every colour is drawn
+    with pytest.raises(ValueError, match="answer_noise"):
+        make_sft_records(n=4, families=["marker"], answer_noise=1.5)
 
 
 def test_sweep_file_has_every_arm_three_seeds():
