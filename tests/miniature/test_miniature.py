@@ -163,3 +163,27 @@ def test_the_committed_calibration_follows_from_its_committed_samples():
         assert gate_verdict(m) == cand["gate"]
     passing = [c["name"] for c in record["candidates"] if c["gate"]["passed"]]
     assert record["chosen"] == (passing[0] if passing else None)
+
+
+def test_every_calibration_candidate_composes_and_builds_its_sft_data():
+    """Each candidate's overrides (calibrate.DATA_VARIANTS) compose on experiment=miniature_sft and
+    reach make_sft_records: a candidate that cannot start is found here, not after the earlier ones trained."""
+    import importlib.util
+
+    from hydra.utils import instantiate
+
+    from tests.helpers import compose_cfg
+
+    here = Path(__file__).resolve().parents[2] / "experiments" / "miniature"
+    spec = importlib.util.spec_from_file_location("calibrate", here / "calibrate.py")
+    calibrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate)
+    for cand in calibrate.CANDIDATES:
+        steps, variant, _ = calibrate.parse_candidate(cand)
+        cfg = compose_cfg("experiment=miniature_sft", f"trainer.max_steps={steps}", *calibrate.DATA_VARIANTS[variant],
+                          "data.source.n=64")
+        records = instantiate(cfg.data.source)
+        records = records() if callable(records) else records  # a _partial_ source
+        assert len(records) == 64 and cfg.trainer.max_steps == steps
+        noisy = sum(bool(r.meta.get("noisy_answer")) for r in records)
+        assert (noisy > 0) == (variant == "noise50"), cand
