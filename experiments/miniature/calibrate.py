@@ -54,9 +54,10 @@ DATA_VARIANTS: dict[str, list[str]] = {
     "": [],
     "hard70": ["data.source.hard_fraction=0.7"],  # 70 % tool-needed SFT samples (default 50 %)
     "noise50": ["data.source.answer_noise=0.5"],  # amendment 3: half the SFT answers name another colour
+    "noise20": ["data.source.answer_noise=0.2"],  # amendment 4: a fifth of them
 }
 CANDIDATES = ["200", "300", "350", "375", "400", "600", "400:hard70", "450:hard70",
-              "450:noise50", "500:noise50"]  # the rules' order
+              "450:noise50", "500:noise50", "500:noise20", "550:noise20"]  # the rules' order
 
 
 def parse_candidate(spec: str) -> tuple[int, str, str]:
