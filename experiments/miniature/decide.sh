@@ -5,7 +5,8 @@
 #   2. pre-flight: 3 RL steps of one arm, timed (sizes the sweep; printed)
 #   3. the sweep: every line of experiments/sweeps/miniature_decide.txt from the chosen cold start,
 #      $JOBS at a time; each final policy sampled (4 x 64 val prompts) and evaluated greedily
-#   4. decide_report.py --collect: small per-run files into experiments/miniature/decide/, then the
+#   4. simulate_calibrated.py: the simulator's prediction for the chosen cold start, by the same rules
+#   5. decide_report.py --collect: small per-run files into experiments/miniature/decide/, then the
 #      verdicts (decide/verdicts.json) and the report (DECIDE.md)
 # Env: OUT (runs/miniature_decide), JOBS (2), SEEDS / ARMS (subsets), STEPS (override max_steps).
 set -euo pipefail
@@ -25,6 +26,10 @@ t=$(date +%s)
 "$PY" "$HERE/calibrate.py" --out "$OUT" | tee "$OUT/logs/calibrate.log"
 stamp calibrate all "$t"
 SFT=$("$PY" -c "import json,sys; d=json.load(open('$OUT/calibration.json')); print(next(c['hf'] for c in d['candidates'] if c['name']==d['chosen']))")
+
+t=$(date +%s)
+"$PY" "$HERE/simulate_calibrated.py" > "$OUT/logs/simulate.log" 2>&1 || echo "simulate_calibrated.py failed: $OUT/logs/simulate.log" >&2
+stamp simulate calibrated "$t"
 
 t=$(date +%s)
 "$PY" -m metis.train experiment=miniature/hdpo_w0.15 model.init_from="$SFT" trainer.max_steps=3 \

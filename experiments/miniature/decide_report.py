@@ -66,6 +66,8 @@ def collect(runs: Path, out: Path) -> int:
                "per_prompt": per_prompt, "curves": curves}
         (out / f"{arm}_s{doc['seed']}.json").write_text(json.dumps(doc) + "\n")
         n += 1
+    if (runs / "times.tsv").exists():  # the command's own timings: the budget's record
+        (out / "times.tsv").write_text((runs / "times.tsv").read_text())
     return n
 
 
@@ -109,8 +111,124 @@ def report(docs: list[dict], out_md: Path, out_json: Path) -> dict:
     for arm, row in table.items():
         cells = [f"{row[k]['mean']:.2f} ± {(row[k]['hi'] - row[k]['lo']) / 2:.2f}" for k in FINAL_KEYS]
         lines.append(f"| `{arm}` | {row['seeds']} | " + " | ".join(cells) + f" | {row['collapses']} |")
+    lines += secondary_lines(docs, result, out_json.parent, out_md.parent)
     out_md.write_text("\n".join(lines) + "\n")
+    out_json.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _mean_curve(docs: list[dict], key: str, window: int = 3) -> tuple[list[float], list[float]]:
+    """Seed-mean of a per-step curve (trailing mean of ``window`` steps), over the steps every run has."""
+    import numpy as np
+
+    n = min(len(d["curves"].get(key, [])) for d in docs)
+    if n == 0:
+        return [], []
+    m = np.nanmean(np.array([d["curves"][key][:n] for d in docs], dtype=float), axis=0)
+    sm = [float(np.nanmean(m[max(0, i - window + 1):i + 1])) for i in range(n)]
+    return docs[0]["curves"]["step"][:n], sm
+
+
+def plot_curves(docs: list[dict], path: Path) -> None:
+    """Seed-mean training curves per arm: accuracy, unneeded and needed call rates, rho_Q (own and shadow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("accuracy", "sampled training accuracy"), ("unnecessary_tool_rate", "unnecessary-call rate"),
+            ("necessary_tool_rate", "necessary-call rate"), ("shadow_rho_Q", "shadow rho_Q (HDPO's, on each arm)")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for ax, (key, title) in zip(axes.flat, keys):
+        for arm in ARMS:
+            mine = [d for d in docs if d["arm"] == arm]
+            if mine:
+                x, y = _mean_curve(mine, key)
+                ax.plot(x, y, label=arm, lw=2 if arm.startswith("hdpo_w0.15") and "allavg" not in arm else 1)
+        ax.set_title(title + " (seed mean, trailing 3)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[1, 0].set_xlabel("RL step")
+    axes[1, 1].set_xlabel("RL step")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def secondary_lines(docs: list[dict], result: dict, data: Path, figures: Path) -> list[str]:
+    """The secondary analyses of DECISION_RULES.md section 4 (reported, not decisive); adds them to ``result``."""
+    import math
+
+    from metis.analysis.stats import paired_difference, spearman
+
+    table = result["arms"]
+    lines = ["", "## Secondary (reported, not decisive)", "",
+             "Rollout-level unnecessary-call rate, two-level cluster bootstrap (seeds, then prompts); collapses "
+             "of needed calls (necessary-call rate < 0.1 at the end) per arm with Fisher's exact p against HDPO:", "",
+             "| arm | unnecessary (bootstrap 95 %) | collapses | Fisher p vs HDPO |", "|---|---|---|---|"]
+    for arm, row in table.items():
+        b = row["unnecessary_tool_rate_bootstrap"]
+        lines.append(f"| `{arm}` | {b['mean']:.2f} [{b['lo']:.2f}, {b['hi']:.2f}] | {row['collapses']}/{row['seeds']} "
+                     f"| {row.get('collapse_p_vs_hdpo', float('nan')):.3g} |")
+    greedy_keys = ["accuracy", "unnecessary_tool_rate", "necessary_tool_rate"]
+    lines += ["", "Greedy evaluation of the same final policies (secondary endpoint), mean over seeds:", "",
+              "| arm | " + " | ".join(greedy_keys) + " |", "|---|" + "---|" * len(greedy_keys)]
+    result["greedy"] = {}
+    for arm in table:
+        g = [d["final_greedy"] for d in docs if d["arm"] == arm and d.get("final_greedy")]
+        if g:
+            means = {k: sum(x[k] for x in g) / len(g) for k in greedy_keys if all(k in x for x in g)}
+            result["greedy"][arm] = means
+            lines.append(f"| `{arm}` | " + " | ".join(f"{means.get(k, float('nan')):.2f}" for k in greedy_keys) + " |")
+    # shadow rho_Q: is the link rho_Q ~ accuracy mechanical? Spearman over all steps, per run
+    lines += ["", "Shadow rho_Q (HDPO's efficiency advantages on each arm's own rollouts): Spearman(shadow rho_Q, "
+              "sampled training accuracy) over all steps, per run, mean and 95 % interval over seeds. If GRPO's "
+              "link is as strong as HDPO's, the rho_Q-accuracy link of claim 3 is mechanical.", "",
+              "| arm | Spearman(shadow rho_Q, accuracy) |", "|---|---|"]
+    result["shadow_link"] = {}
+    for arm in table:
+        vals = [spearman(d["curves"]["accuracy"], d["curves"]["shadow_rho_Q"]) for d in docs if d["arm"] == arm]
+        ci = t_interval([v for v in vals if not math.isnan(v)]).as_dict()
+        result["shadow_link"][arm] = ci
+        lines.append(f"| `{arm}` | {ci['mean']:.2f} [{ci['lo']:.2f}, {ci['hi']:.2f}] |")
+    if "hdpo_w0.15" in table and "hdpo_w0.15_allavg" in table:
+        lines += ["", "`hdpo_w0.15_allavg` − `hdpo_w0.15` (the tool term averaged over all rollouts vs over its "
+                  "non-zero ones), paired by seed:", "", "| quantity | difference [95 %] |", "|---|---|"]
+        result["allavg_minus_hdpo"] = {}
+        for k in FINAL_KEYS:
+            a = {d["seed"]: d["final_sampled"][k] for d in docs if d["arm"] == "hdpo_w0.15_allavg"}
+            b = {d["seed"]: d["final_sampled"][k] for d in docs if d["arm"] == "hdpo_w0.15"}
+            ci, _ = paired_difference(a, b)
+            result["allavg_minus_hdpo"][k] = ci.as_dict()
+            lines.append(f"| {k} | {ci.mean:+.3f} [{ci.lo:+.3f}, {ci.hi:+.3f}] |")
+    sim_path = data / "simulator.json"
+    if sim_path.exists():
+        sim = json.loads(sim_path.read_text())
+        lines += ["", f"## The simulator's prediction for this cold start ({sim['candidate']})", "",
+                  "`simulate_calibrated.py`: the tabular simulator with the cold start's measured success "
+                  "table and call rate, the miniature's batch, the same rules. Verdicts: "
+                  + ", ".join(f"{k} **{v}**" for k, v in sim["verdicts"].items()) + ".", "",
+                  "| arm | accuracy | needed accuracy | unnecessary | necessary |", "|---|---|---|---|---|"]
+        for arm, f in sim["final_mean"].items():
+            lines.append(f"| `{arm}` | {f['accuracy']:.2f} | {f['accuracy_tool_needed']:.2f} | "
+                         f"{f['unnecessary_tool_rate']:.2f} | {f['necessary_tool_rate']:.2f} |")
+        result["simulator_verdicts"] = sim["verdicts"]
+    times = data / "times.tsv"
+    if times.exists():
+        rows = [r.split("\t") for r in times.read_text().splitlines() if r.strip()]
+        total = [int(r[2]) for r in rows if r[0] == "total"]
+        parts = {r[0]: int(r[2]) for r in rows if r[0] in ("calibrate", "preflight")}
+        rl = [int(r[2]) for r in rows if r[0].startswith("rl_")]
+        result["budget_s"] = {"total": total[-1] if total else None, **parts, "rl_runs": len(rl),
+                              "rl_run_mean": sum(rl) / len(rl) if rl else None}
+        lines += ["", "## Budget", "", f"From `decide/times.tsv` (the command's own record): "
+                  + (f"total **{total[-1]} s** against 5400 s; " if total else "no total recorded; ")
+                  + ", ".join(f"{k} {v} s" for k, v in parts.items())
+                  + (f"; {len(rl)} RL runs with their evaluations, {sum(rl) / len(rl):.0f} s each, two at a time."
+                     if rl else ".")]
+    plot_curves(docs, figures / "decide_curves.png")
+    lines += ["", "![curves](decide_curves.png)"]
+    return lines
 
 
 def main(argv=None) -> int:

@@ -189,3 +189,30 @@ def test_decide_report_from_per_run_files(tmp_path):
                                                                      "claim3": "holds"}
     assert out["arms"]["coupled_a3"]["seeds"] == 4
     assert "**holds**" in (tmp_path / "DECIDE.md").read_text()
+
+
+def test_simulator_prediction_from_calibration_samples(tmp_path):
+    """simulate_calibrated.py: the scenario's success table is the samples' conditional accuracies, and
+    the simulated arms go through the same verdict rules as the real runs."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[2] / "experiments" / "miniature"
+    sys.path.insert(0, str(here))
+    spec = importlib.util.spec_from_file_location("simulate_calibrated", here / "simulate_calibrated.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    samples = ([{"needs_tool": False, "called": c, "correct": k, "format_ok": True} for c, k in
+                [(True, True), (True, False), (False, True), (True, True)]]
+               + [{"needs_tool": True, "called": c, "correct": k, "format_ok": f} for c, k, f in
+                  [(True, True, True), (True, False, False), (False, False, True), (False, False, True)]])
+    scen, call_rate = mod.scenario_from_samples(samples, "x")
+    easy, hard = scen["sim"]["classes"]
+    assert easy["p"] == [1.0, round(2 / 3, 4)] and hard["p"] == [0.0, 0.5]
+    assert scen["sim"]["fmt_fail_rate"] == 0.125 and call_rate == (0.75 + 0.5) / 2
+    assert mod.main(["--candidate", "sft_375", "--steps", "4", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "simulator.json").read_text())
+    assert set(doc["final_mean"]) == set(mod.ARMS) and set(doc["verdicts"]) == {"claim1", "claim2", "claim3"}
+    assert all(v in ("holds", "refuted", "inconclusive") for v in doc["verdicts"].values())
