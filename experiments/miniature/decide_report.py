@@ -205,14 +205,20 @@ def secondary_lines(docs: list[dict], result: dict, data: Path, figures: Path) -
     if sim_path.exists():
         sim = json.loads(sim_path.read_text())
         lines += ["", f"## The simulator's prediction for this cold start ({sim['candidate']})", "",
-                  "`simulate_calibrated.py`: the tabular simulator with the cold start's measured success "
-                  "table and call rate, the miniature's batch, the same rules. Verdicts: "
-                  + ", ".join(f"{k} **{v}**" for k, v in sim["verdicts"].items()) + ".", "",
-                  "| arm | accuracy | needed accuracy | unnecessary | necessary |", "|---|---|---|---|---|"]
-        for arm, f in sim["final_mean"].items():
-            lines.append(f"| `{arm}` | {f['accuracy']:.2f} | {f['accuracy_tool_needed']:.2f} | "
-                         f"{f['unnecessary_tool_rate']:.2f} | {f['necessary_tool_rate']:.2f} |")
-        result["simulator_verdicts"] = sim["verdicts"]
+                  "`simulate_calibrated.py`: the tabular simulator with the cold start's measured success table "
+                  "(P(correct | no call), P(correct | a call) per kind of prompt: "
+                  + "; ".join(f"{c['name']} {c['p'][0]:.2f} / {c['p'][1]:.2f}" for c in sim["scenario"]["sim"]["classes"])
+                  + f") and start call rate {sim['start_call_rate']:.2f}, the miniature's batch, the same rules.", ""]
+        horizons = sim.get("horizons") or {str(sim["steps"]): sim}
+        for steps, h in horizons.items():
+            lines += [f"{steps} simulated steps, verdicts: "
+                      + ", ".join(f"{k} **{v}**" for k, v in h["verdicts"].items()) + ".", "",
+                      "| arm | accuracy | needed accuracy | unnecessary | necessary |", "|---|---|---|---|---|"]
+            for arm, f in h["final_mean"].items():
+                lines.append(f"| `{arm}` | {f['accuracy']:.2f} | {f['accuracy_tool_needed']:.2f} | "
+                             f"{f['unnecessary_tool_rate']:.2f} | {f['necessary_tool_rate']:.2f} |")
+            lines.append("")
+        result["simulator_verdicts"] = {k: h["verdicts"] for k, h in horizons.items()}
     times = data / "times.tsv"
     if times.exists():
         rows = [r.split("\t") for r in times.read_text().splitlines() if r.strip()]

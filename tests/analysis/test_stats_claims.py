@@ -184,11 +184,24 @@ def test_decide_report_from_per_run_files(tmp_path):
                                                                      "called": {"a": [1, 1], "b": [0, 1]}},
                "curves": {**curves, "shadow_rho_Q": curves["rho_Q"]}}
         (tmp_path / f"{doc['arm']}_s{r.seed}.json").write_text(json.dumps(doc))
+    (tmp_path / "times.tsv").write_text("calibrate\tall\t400\npreflight\tx\t25\nrl_0\tl\t300\nrl_1\tl\t500\n"
+                                        "total\tall\t4000\n")
+    final = {"accuracy": 0.5, "accuracy_tool_needed": 0.4, "unnecessary_tool_rate": 0.9, "necessary_tool_rate": 1.0}
+    (tmp_path / "simulator.json").write_text(json.dumps({
+        "candidate": "sft_x", "start_call_rate": 0.7, "steps": 60,
+        "scenario": {"sim": {"classes": [{"name": "unneeded", "p": [0.4, 0.6]}, {"name": "needed", "p": [0.16, 0.5]}]}},
+        "horizons": {"60": {"verdicts": {"claim1": "refuted"}, "final_mean": {"grpo": final}},
+                     "600": {"verdicts": {"claim1": "inconclusive"}, "final_mean": {"grpo": final}}}}))
     out = mod.report(mod.load(tmp_path), tmp_path / "DECIDE.md", tmp_path / "verdicts.json")
     assert {k: v["verdict"] for k, v in out["verdicts"].items()} == {"claim1": "holds", "claim2": "holds",
                                                                      "claim3": "holds"}
     assert out["arms"]["coupled_a3"]["seeds"] == 4
-    assert "**holds**" in (tmp_path / "DECIDE.md").read_text()
+    md = (tmp_path / "DECIDE.md").read_text()
+    assert "**holds**" in md and "total **4000 s** against 5400 s" in md and "400 s each" in md
+    assert out["simulator_verdicts"] == {"60": {"claim1": "refuted"}, "600": {"claim1": "inconclusive"}}
+    assert "600 simulated steps, verdicts: claim1 **inconclusive**" in md and "unneeded 0.40 / 0.60" in md
+    assert (tmp_path / "decide_curves.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "verdicts.json").read_text())["budget_s"]["total"] == 4000
 
 
 def test_simulator_prediction_from_calibration_samples(tmp_path):
