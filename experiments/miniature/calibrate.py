@@ -8,6 +8,10 @@ the 64 val prompts), compute the gate quantities (`metis.analysis.gate`) and its
 candidate's samples (the columns the gate reads) go to `calibration/<name>.csv` beside the record,
 so every number can be recomputed. Writes `calibration.json` (every candidate, and the chosen one:
 the first that passes, in the rules' order; later candidates are not trained) into `--out` and into `--record` (default: this folder).
+With `--reuse-failed`, a candidate that failed in the existing `--record` is not trained again: its
+gate is re-applied to its committed samples (`calibration/<name>.csv`), so a re-run of the deciding
+command trains only the candidates the record has not ruled out (decide.sh passes it; leave it off to
+re-measure every candidate from scratch).
 Exit status 1 when no candidate passes. The no-tool guess is chance (1/6 for six colours) unless
 `--no-tool-guess` gives the no-tool control's measured tool-needed accuracy.
 """
@@ -77,13 +81,29 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--no-tool-guess", type=float, default=1 / 6)
+    p.add_argument("--reuse-failed", action="store_true",
+                   help="re-apply the gate to the committed samples of candidates the record shows failing, not retrain them")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     py = sys.executable
+    record_path = Path(args.record).resolve()
+    failed_before = {c["name"]: c for c in (json.loads(record_path.read_text())["candidates"]
+                                            if args.reuse_failed and record_path.exists() else [])
+                     if not c["gate"]["passed"]}
     candidates = []
     for spec in args.candidates:
         steps, variant, name = parse_candidate(spec)
         run = out / "calib" / name
+        committed = record_path.parent / "calibration" / f"{name}.csv"
+        if name in failed_before and committed.exists():
+            m = gate_metrics(read_samples(committed), args.no_tool_guess)
+            v = gate_verdict(m)
+            candidates.append({**failed_before[name], "metrics": m, "gate": v, "reused": True})
+            print(f"{name} (committed samples): " + ", ".join(f"{k}={'pass' if ok else 'FAIL'}" for k, ok in v.items()),
+                  flush=True)
+            if v["passed"]:
+                break
+            continue
         if not (run / "hf" / "config.json").exists():
             subprocess.run([py, "-m", "metis.train", "experiment=miniature_sft", f"trainer.max_steps={steps}",
                             *DATA_VARIANTS[variant], f"hydra.run.dir={run}", "callbacks.progress.refresh_rate=0"],
@@ -94,7 +114,7 @@ def main(argv=None) -> int:
                             "--n", str(args.n), "--samples", str(args.samples), "--out", str(ev)], cwd=ROOT,
                            check=True)
         samples = [json.loads(line) for line in ev.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
-        write_samples(Path(args.record).resolve().parent / "calibration" / f"{name}.csv", samples)
+        write_samples(committed, samples)
         m = gate_metrics(samples, args.no_tool_guess)
         v = gate_verdict(m)
         candidates.append({"name": name, "sft_steps": steps, "data": DATA_VARIANTS[variant], "hf": str(run / "hf"),
@@ -105,7 +125,7 @@ def main(argv=None) -> int:
     chosen = next((c for c in candidates if c["gate"]["passed"]), None)
     record = {"gate": GATE, "samples_per_prompt": args.samples, "prompts": args.n, "candidates": candidates,
               "chosen": chosen["name"] if chosen else None}
-    for path in {out / "calibration.json", Path(args.record).resolve()}:
+    for path in {out / "calibration.json", record_path}:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")
     if chosen is None:

@@ -2,13 +2,15 @@
 # The deciding miniature (experiments/miniature/DECISION_RULES.md), end to end on a CPU:
 #   1. calibrate: SFT cold starts of several lengths, sampled on the val split, gated -> calibration.json
 #      (stops here when none passes)
-#   2. pre-flight: 3 RL steps of one arm, timed (sizes the sweep; printed)
-#   3. the sweep: every line of experiments/sweeps/miniature_decide.txt from the chosen cold start,
+#   2. simulate_calibrated.py: the simulator's prediction for the chosen cold start, by the same rules
+#   3. pre-flight: 3 RL steps of one arm, timed (sizes the sweep; printed)
+#   4. the sweep: every line of experiments/sweeps/miniature_decide.txt from the chosen cold start,
 #      $JOBS at a time; each final policy sampled (4 x 64 val prompts) and evaluated greedily
-#   4. simulate_calibrated.py: the simulator's prediction for the chosen cold start, by the same rules
 #   5. decide_report.py --collect: small per-run files into experiments/miniature/decide/, then the
 #      verdicts (decide/verdicts.json) and the report (DECIDE.md)
-# Env: OUT (runs/miniature_decide), JOBS (2), SEEDS / ARMS (subsets), STEPS (override max_steps).
+#   (candidates the committed calibration.json shows failing are re-gated from their committed samples,
+#   not retrained; CALIB_FRESH=1 retrains every candidate)
+# Env: OUT (runs/miniature_decide), JOBS (2), SEEDS / ARMS (subsets), STEPS (override max_steps), CALIB_FRESH.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -23,7 +25,9 @@ T0=$(date +%s)
 stamp() { echo "$1	$2	$(( $(date +%s) - $3 ))" >> "$OUT/times.tsv"; }
 
 t=$(date +%s)
-"$PY" "$HERE/calibrate.py" --out "$OUT" | tee "$OUT/logs/calibrate.log"
+REUSE=--reuse-failed; [[ -n ${CALIB_FRESH:-} ]] && REUSE=
+# shellcheck disable=SC2086
+"$PY" "$HERE/calibrate.py" --out "$OUT" $REUSE | tee "$OUT/logs/calibrate.log"
 stamp calibrate all "$t"
 SFT=$("$PY" -c "import json,sys; d=json.load(open('$OUT/calibration.json')); print(next(c['hf'] for c in d['candidates'] if c['name']==d['chosen']))")
 
@@ -58,6 +62,6 @@ run_one() {
 export -f run_one stamp
 export OUT SFT PY SEEDS ARMS STEPS HERE
 for i in "${!LINES[@]}"; do printf '%s\0%s\0' "$i" "${LINES[$i]}"; done | xargs -0 -n 2 -P "$JOBS" bash -c 'run_one "$1" "$2"' _
+stamp total all "$T0"   # before the report, so that it reads the whole command's time
 "$PY" "$HERE/decide_report.py" --collect "$OUT"
-stamp total all "$T0"
 echo "done in $(( $(date +%s) - T0 )) s; report: $HERE/DECIDE.md (budget: 5400 s)"

@@ -187,3 +187,29 @@ def test_every_calibration_candidate_composes_and_builds_its_sft_data():
         assert len(records) == 64 and cfg.trainer.max_steps == steps
         noisy = sum(bool(r.meta.get("noisy_answer")) for r in records)
         assert (noisy > 0) == variant.startswith("noise"), cand
+
+
+def test_calibrate_reuse_failed_regates_committed_samples_without_training(tmp_path):
+    """decide.sh's `calibrate.py --reuse-failed`: candidates the record shows failing are re-gated from
+    their committed samples (no training: nothing appears under --out/calib), with the record's numbers."""
+    import importlib.util
+    import json
+    import shutil
+
+    here = Path(__file__).resolve().parents[2] / "experiments" / "miniature"
+    spec = importlib.util.spec_from_file_location("calibrate", here / "calibrate.py")
+    calibrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate)
+    shutil.copy(here / "calibration.json", tmp_path / "calibration.json")
+    shutil.copytree(here / "calibration", tmp_path / "calibration")
+    committed = json.loads((here / "calibration.json").read_text())
+    failed = [c for c in committed["candidates"] if not c["gate"]["passed"]][:2]
+    specs = [f"{c['sft_steps']}" + (f":{c['name'].split('_', 2)[2]}" if c["name"].count("_") > 1 else "") for c in failed]
+    rc = calibrate.main(["--candidates", *specs, "--reuse-failed", "--record", str(tmp_path / "calibration.json"),
+                         "--out", str(tmp_path / "out")])
+    assert rc == 1  # none of them passes: no RL would follow
+    assert not (tmp_path / "out" / "calib").exists()  # nothing was trained or sampled
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    assert [c["name"] for c in record["candidates"]] == [c["name"] for c in failed]
+    for new, old in zip(record["candidates"], failed):
+        assert new["reused"] and new["metrics"] == old["metrics"] and new["gate"] == old["gate"]
