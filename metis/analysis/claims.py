@@ -81,6 +81,23 @@ def _one_sided(values: Sequence[float], sign: float) -> tuple[Interval, float]:
     return t_interval(vals), p
 
 
+def per_seed_values(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small: str) -> dict[str, dict[int, float]]:
+    """The values behind each primary contrast, per seed: paired differences (claims 1, 2) and HDPO's
+    per-seed curriculum statistics (claim 3)."""
+    out: dict[str, dict[int, float]] = {}
+    for name, a, b, key in (
+        ("claim1_necessary_rate", hdpo, coupled_large, "necessary_tool_rate"),
+        ("claim1_needed_accuracy", hdpo, coupled_large, "accuracy_tool_needed"),
+        ("claim2_unnecessary_rate", coupled_small, hdpo, "unnecessary_tool_rate"),
+    ):
+        xa, xb = _by_seed(runs, a, key), _by_seed(runs, b, key)
+        out[name] = {s: xa[s] - xb[s] for s in sorted(set(xa) & set(xb))}
+    per_seed = {r.seed: _curriculum_per_seed(r) for r in runs if r.arm == hdpo}
+    out["claim3_order"] = {s: d for s, (d, _) in sorted(per_seed.items())}
+    out["claim3_rhoQ_tracks_accuracy"] = {s: c for s, (_, c) in sorted(per_seed.items())}
+    return out
+
+
 def contrasts(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small: str) -> dict[str, Contrast]:
     """The five primary contrasts, Holm-adjusted together."""
     out: dict[str, Contrast] = {}
@@ -91,10 +108,10 @@ def contrasts(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small:
     ):
         ci, p = paired_difference(_by_seed(runs, a, key), _by_seed(runs, b, key))
         out[name] = Contrast(name, ci, p, thr)
-    per_seed = [_curriculum_per_seed(r) for r in runs if r.arm == hdpo]
-    ci, p = _one_sided([d for d, _ in per_seed], -1.0)  # accuracy first: difference < 0
+    seeds = per_seed_values(runs, hdpo, coupled_large, coupled_small)
+    ci, p = _one_sided(list(seeds["claim3_order"].values()), -1.0)  # accuracy first: difference < 0
     out["claim3_order"] = Contrast("claim3_order", ci, p, 0.0)
-    ci, p = _one_sided([c for _, c in per_seed], 1.0)
+    ci, p = _one_sided(list(seeds["claim3_rhoQ_tracks_accuracy"].values()), 1.0)
     out["claim3_rhoQ_tracks_accuracy"] = Contrast("claim3_rhoQ_tracks_accuracy", ci, p, 0.0)
     for k, v in holm({k: c.p for k, c in out.items()}).items():
         out[k].p_holm = v
@@ -120,7 +137,10 @@ def verdicts(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small: 
         "claim2": ((cs["claim2_unnecessary_rate"],), (1,)),
         "claim3": ((cs["claim3_order"], cs["claim3_rhoQ_tracks_accuracy"]), (-1, 1)),
     }
-    return {name: {"verdict": _verdict(parts, dirs), "contrasts": [c.as_dict() for c in parts]}
+    seeds = per_seed_values(runs, hdpo, coupled_large, coupled_small)
+    return {name: {"verdict": _verdict(parts, dirs),
+                   "contrasts": [{**c.as_dict(), "per_seed": {str(k): v for k, v in seeds[c.name].items()}}
+                                 for c in parts]}
             for name, (parts, dirs) in spec.items()}
 
 

@@ -94,6 +94,10 @@ def _paper_world(seeds=range(4)) -> list[Run]:
 def test_verdicts_hold_in_a_world_where_the_paper_is_right():
     v = verdicts(_paper_world(), "hdpo", "coupled_a3", "coupled_a0.05")
     assert {k: x["verdict"] for k, x in v.items()} == {"claim1": "holds", "claim2": "holds", "claim3": "holds"}
+    for x in v.values():  # the per-seed values reported beside each contrast are the ones it was computed from
+        for c in x["contrasts"]:
+            vals = list(c["per_seed"].values())
+            assert len(vals) == c["n"] and abs(sum(vals) / len(vals) - c["mean"]) < 1e-12, c["name"]
 
 
 def test_verdicts_refute_where_the_arms_do_not_differ_and_the_order_is_reversed():
