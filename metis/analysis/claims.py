@@ -52,10 +52,11 @@ class Contrast:
     p: float
     threshold: float | None = None
     p_holm: float = float("nan")
+    per_seed: dict[int, float] = field(default_factory=dict)  # the values the interval was computed from
 
     def as_dict(self) -> dict:
         return {"name": self.name, **self.interval.as_dict(), "p": self.p, "p_holm": self.p_holm,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "per_seed": {str(k): v for k, v in self.per_seed.items()}}
 
 
 def _by_seed(runs: Sequence[Run], arm: str, key: str) -> dict[int, float]:
@@ -81,15 +82,18 @@ def _one_sided(values: Sequence[float], sign: float) -> tuple[Interval, float]:
     return t_interval(vals), p
 
 
+def _paired(hdpo: str, coupled_large: str, coupled_small: str) -> tuple[tuple[str, str, str, str], ...]:
+    """The paired primary contrasts (claims 1, 2): name, arm minus arm, final metric."""
+    return (("claim1_necessary_rate", hdpo, coupled_large, "necessary_tool_rate"),
+            ("claim1_needed_accuracy", hdpo, coupled_large, "accuracy_tool_needed"),
+            ("claim2_unnecessary_rate", coupled_small, hdpo, "unnecessary_tool_rate"))
+
+
 def per_seed_values(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small: str) -> dict[str, dict[int, float]]:
     """The values behind each primary contrast, per seed: paired differences (claims 1, 2) and HDPO's
     per-seed curriculum statistics (claim 3)."""
     out: dict[str, dict[int, float]] = {}
-    for name, a, b, key in (
-        ("claim1_necessary_rate", hdpo, coupled_large, "necessary_tool_rate"),
-        ("claim1_needed_accuracy", hdpo, coupled_large, "accuracy_tool_needed"),
-        ("claim2_unnecessary_rate", coupled_small, hdpo, "unnecessary_tool_rate"),
-    ):
+    for name, a, b, key in _paired(hdpo, coupled_large, coupled_small):
         xa, xb = _by_seed(runs, a, key), _by_seed(runs, b, key)
         out[name] = {s: xa[s] - xb[s] for s in sorted(set(xa) & set(xb))}
     per_seed = {r.seed: _curriculum_per_seed(r) for r in runs if r.arm == hdpo}
@@ -99,20 +103,17 @@ def per_seed_values(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_
 
 
 def contrasts(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small: str) -> dict[str, Contrast]:
-    """The five primary contrasts, Holm-adjusted together."""
-    out: dict[str, Contrast] = {}
-    for name, a, b, key, thr in (
-        ("claim1_necessary_rate", hdpo, coupled_large, "necessary_tool_rate", THRESHOLDS["claim1_necessary_rate"]),
-        ("claim1_needed_accuracy", hdpo, coupled_large, "accuracy_tool_needed", THRESHOLDS["claim1_needed_accuracy"]),
-        ("claim2_unnecessary_rate", coupled_small, hdpo, "unnecessary_tool_rate", THRESHOLDS["claim2_unnecessary_rate"]),
-    ):
-        ci, p = paired_difference(_by_seed(runs, a, key), _by_seed(runs, b, key))
-        out[name] = Contrast(name, ci, p, thr)
+    """The five primary contrasts, Holm-adjusted together, each with its per-seed values."""
     seeds = per_seed_values(runs, hdpo, coupled_large, coupled_small)
+    out: dict[str, Contrast] = {}
+    for name, a, b, key in _paired(hdpo, coupled_large, coupled_small):
+        ci, p = paired_difference(_by_seed(runs, a, key), _by_seed(runs, b, key))
+        out[name] = Contrast(name, ci, p, THRESHOLDS[name], per_seed=seeds[name])
     ci, p = _one_sided(list(seeds["claim3_order"].values()), -1.0)  # accuracy first: difference < 0
-    out["claim3_order"] = Contrast("claim3_order", ci, p, 0.0)
+    out["claim3_order"] = Contrast("claim3_order", ci, p, 0.0, per_seed=seeds["claim3_order"])
     ci, p = _one_sided(list(seeds["claim3_rhoQ_tracks_accuracy"].values()), 1.0)
-    out["claim3_rhoQ_tracks_accuracy"] = Contrast("claim3_rhoQ_tracks_accuracy", ci, p, 0.0)
+    out["claim3_rhoQ_tracks_accuracy"] = Contrast("claim3_rhoQ_tracks_accuracy", ci, p, 0.0,
+                                                  per_seed=seeds["claim3_rhoQ_tracks_accuracy"])
     for k, v in holm({k: c.p for k, c in out.items()}).items():
         out[k].p_holm = v
     return out
@@ -137,10 +138,7 @@ def verdicts(runs: Sequence[Run], hdpo: str, coupled_large: str, coupled_small: 
         "claim2": ((cs["claim2_unnecessary_rate"],), (1,)),
         "claim3": ((cs["claim3_order"], cs["claim3_rhoQ_tracks_accuracy"]), (-1, 1)),
     }
-    seeds = per_seed_values(runs, hdpo, coupled_large, coupled_small)
-    return {name: {"verdict": _verdict(parts, dirs),
-                   "contrasts": [{**c.as_dict(), "per_seed": {str(k): v for k, v in seeds[c.name].items()}}
-                                 for c in parts]}
+    return {name: {"verdict": _verdict(parts, dirs), "contrasts": [c.as_dict() for c in parts]}
             for name, (parts, dirs) in spec.items()}
 
 
